@@ -1,0 +1,138 @@
+"""Settings. The only module that reads the environment.
+
+Every component takes one frozen config dataclass (`Scheduler(cfg.scheduler)`);
+`Settings.from_env()` builds the whole tree from `TENANTSERVE_*` variables on top
+of embedded defaults, so a fresh machine runs with no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from tenantserve.errors import ConfigError
+from tenantserve.tiers import Tier
+
+DEFAULT_DATA_DIR = Path(".tenantserve")
+
+
+def _frozen(d: Mapping[Tier, float]) -> Mapping[Tier, float]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache: block geometry, size, and per-tier block budgets."""
+
+    block_size: int = 16
+    # Memory for K and V of all layers; the block count is derived from it
+    # unless num_blocks is given.
+    kv_cache_bytes: int = 1 << 30
+    num_blocks: int | None = None
+    enable_prefix_cache: bool = True
+    # Share of all blocks a tenant of the tier may hold before its cached blocks
+    # are the first to be evicted.
+    tier_block_budget: Mapping[Tier, float] = field(
+        default_factory=lambda: _frozen({Tier.FREE: 0.10, Tier.STANDARD: 0.25, Tier.PREMIUM: 0.50})
+    )
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits for one engine step."""
+
+    max_num_seqs: int = 64
+    # Per-step token budget; prompts longer than what is left are prefilled in chunks.
+    max_num_batched_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Multi-LoRA: active slots on the device, host LRU, largest rank accepted."""
+
+    max_loras: int = 8
+    max_cpu_loras: int = 32
+    max_lora_rank: int = 16
+    loader_threads: int = 1
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One engine: the model it serves and how."""
+
+    model_dir: Path
+    device: str = "cpu"
+    # Weight storage: "fp32" (default), "bf16", or "int8" (weight-only, per-channel).
+    quantization: str = "fp32"
+    max_model_len: int | None = None
+    num_threads: int | None = None
+    seed: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        if self.quantization not in ("fp32", "bf16", "int8"):
+            raise ConfigError(
+                f"quantization must be fp32, bf16 or int8, not {self.quantization!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `tenantserve up` needs."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # None: the default model (SmolLM2-135M-Instruct, converted into data_dir).
+    model_dir: Path | None = None
+    device: str = "cpu"
+    quantization: str = "fp32"
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Defaults, then TENANTSERVE_* variables, then explicit overrides (CLI flags)."""
+        env = os.environ if env is None else env
+        s = cls()
+        if v := env.get("TENANTSERVE_DATA_DIR"):
+            s = replace(s, data_dir=Path(v))
+        if v := env.get("TENANTSERVE_MODEL_DIR"):
+            s = replace(s, model_dir=Path(v))
+        if v := env.get("TENANTSERVE_DEVICE"):
+            s = replace(s, device=v)
+        if v := env.get("TENANTSERVE_QUANTIZATION"):
+            s = replace(s, quantization=v)
+        if v := env.get("TENANTSERVE_KV_CACHE_BYTES"):
+            s = replace(s, cache=replace(s.cache, kv_cache_bytes=_int(v, "KV_CACHE_BYTES")))
+        if v := env.get("TENANTSERVE_MAX_LORAS"):
+            s = replace(s, lora=replace(s.lora, max_loras=_int(v, "MAX_LORAS")))
+        if v := env.get("TENANTSERVE_MAX_CPU_LORAS"):
+            s = replace(s, lora=replace(s.lora, max_cpu_loras=_int(v, "MAX_CPU_LORAS")))
+        if v := env.get("TENANTSERVE_MAX_LORA_RANK"):
+            s = replace(s, lora=replace(s.lora, max_lora_rank=_int(v, "MAX_LORA_RANK")))
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(s, **given)  # type: ignore[arg-type]
+
+    def engine_config(self, model_dir: Path) -> EngineConfig:
+        return EngineConfig(
+            model_dir=model_dir,
+            device=self.device,
+            quantization=self.quantization,
+            cache=self.cache,
+            scheduler=self.scheduler,
+            lora=self.lora,
+        )
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError as e:
+        raise ConfigError(f"TENANTSERVE_{name} must be an integer, got {value!r}") from e

@@ -1,0 +1,1 @@
+"""The built-in inference engine: continuous batching, paged KV cache, multi-LoRA."""

@@ -1,0 +1,1 @@
+"""Model building blocks and transforms (attention, rotary embedding, LoRA, quantization)."""
