@@ -105,6 +105,8 @@ class RequestOutput:
     finished: bool = False
     finish_reason: FinishReason | None = None
     error: str | None = None
+    # "invalid_request" (the client's fault: a 4xx) or "engine_error" (ours: a 5xx).
+    error_code: str | None = None
     metrics: RequestMetrics | None = None
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from tenantserve.engine.layers.rotary import RotaryEmbedding
 from tenantserve.engine.models.llama import LlamaConfig, LlamaForCausalLM
 from tenantserve.errors import CheckpointError
 
@@ -47,7 +48,7 @@ def load_model(
         model = LlamaForCausalLM(cfg, max_positions=max_positions)
     model = model.to_empty(device="cpu")
     # Buffers (rotary tables) are not in the checkpoint: rebuild them on the real device.
-    model.rotary.__init__(  # type: ignore[misc]
+    model.rotary = RotaryEmbedding(
         cfg.head_dim, max_positions or cfg.max_position_embeddings, cfg.rope_theta
     )
     if cfg.tie_word_embeddings:
