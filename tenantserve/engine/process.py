@@ -276,7 +276,7 @@ class EngineProcess:
         return bytes(ForkingPickler.dumps(msg))
 
     def send_bytes(self, payload: bytes) -> None:
-        """Write an encoded message (blocks while the pipe is full; OSError once the child is gone)."""
+        """Write an encoded message; blocks while the pipe is full, OSError once the child exits."""
         self._inbox.send_bytes(payload)
 
     def send(self, msg: CoreInput) -> None:

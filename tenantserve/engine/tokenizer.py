@@ -69,7 +69,7 @@ class Tokenizer:
     def render_chat(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        """The conversation as the model's chat template writes it; InvalidRequestError if malformed."""
+        """The conversation as the chat template writes it; InvalidRequestError if malformed."""
         _validate_messages(messages)
         template = self._compiled_template()
         plain = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -82,12 +82,14 @@ class Tokenizer:
                 **self.special_tokens,
             )
         except jinja2.TemplateError as e:
-            raise InvalidRequestError(f"the model's chat template rejected the messages: {e}") from e
+            raise InvalidRequestError(
+                f"the model's chat template rejected the messages: {e}"
+            ) from e
 
     def encode_chat(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
     ) -> list[int]:
-        """Token ids of the rendered conversation (what `apply_chat_template(tokenize=True)` gives)."""
+        """Token ids of the rendered chat (as `apply_chat_template(tokenize=True)` gives)."""
         return self.encode(self.render_chat(messages, add_generation_prompt))
 
     def token_id(self, token: str) -> int | None:

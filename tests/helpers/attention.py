@@ -49,7 +49,12 @@ def make_kv_caches(
     """One zeroed KVCache per layer."""
     return [
         KVCache(
-            num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, torch.device(device)
+            num_blocks,
+            block_size,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            dtype,
+            torch.device(device),
         )
         for _ in range(cfg.num_hidden_layers)
     ]

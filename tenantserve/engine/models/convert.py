@@ -122,6 +122,8 @@ def _convert_into(gguf_path: Path, out_dir: Path, log: Log) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log(f"[2/4] de-quantizing {gguf_path.name} to fp32")
+    model: Any
+    tokenizer: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name

@@ -85,9 +85,7 @@ def _chunked_prefill_beside_decodes(
     assert step.meta.prefills[0].num_context_tokens == split
     logits = run_step(ours, caches, step)
     torch.testing.assert_close(logits[0], ref.logits(decoding.token_ids)[-1], atol=atol, rtol=rtol)
-    torch.testing.assert_close(
-        logits[1:], ref.logits(long_prompt)[split:], atol=atol, rtol=rtol
-    )
+    torch.testing.assert_close(logits[1:], ref.logits(long_prompt)[split:], atol=atol, rtol=rtol)
 
 
 @pytest.fixture(scope="module")
