@@ -11,16 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 
 from tenantserve.errors import ConfigError
 from tenantserve.tiers import Tier
 
 DEFAULT_DATA_DIR = Path(".tenantserve")
-
-
-def _frozen(d: Mapping[Tier, float]) -> Mapping[Tier, float]:
-    return MappingProxyType(dict(d))
 
 
 @dataclass(frozen=True)
@@ -36,7 +31,7 @@ class CacheConfig:
     # Share of all blocks a tenant of the tier may hold before its cached blocks
     # are the first to be evicted.
     tier_block_budget: Mapping[Tier, float] = field(
-        default_factory=lambda: _frozen({Tier.FREE: 0.10, Tier.STANDARD: 0.25, Tier.PREMIUM: 0.50})
+        default_factory=lambda: {Tier.FREE: 0.10, Tier.STANDARD: 0.25, Tier.PREMIUM: 0.50}
     )
 
 

@@ -19,7 +19,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from multiprocessing.connection import wait as wait_for_ready
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -185,7 +185,11 @@ class AsyncEngineClient:
             raise EngineError("the engine client is shut down")
         if self._started:
             return
-        await self._launch()
+        try:
+            await self._launch()
+        except Exception:
+            await asyncio.to_thread(self._stop_processes)
+            raise
         self._started = True
 
     async def shutdown(self) -> None:
@@ -228,7 +232,7 @@ class AsyncEngineClient:
 
     # -- requests -----------------------------------------------------------------------
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[RequestOutput, None]:
         """Stream the request's outputs, the last one finished. Raises InvalidRequestError
         if the engine rejected it, EngineError (EngineDeadError) if the engine failed.
         Stopping early (break, close, cancel) aborts the request in the engine."""
@@ -279,7 +283,9 @@ class AsyncEngineClient:
     # -- internals ----------------------------------------------------------------------
 
     async def _launch(self) -> None:
-        """Spawn a process, make it the current engine and wait for Ready."""
+        """Spawn a process, make it the current engine and wait for Ready.
+
+        Spawning runs on the loop: it is a fork-exec of a few milliseconds."""
         loop = asyncio.get_running_loop()
         self._incarnations = [i for i in self._incarnations if i.running]
         engine = _Incarnation(EngineProcess(self.config), loop, self._on_message, self._on_exit)
@@ -298,7 +304,8 @@ class AsyncEngineClient:
                     f"{self._startup_timeout_s:g} s"
                 ) from None
             raise
-        self._ready.set()
+        if self._engine is engine:  # else it died at once, and _on_exit restarts it
+            self._ready.set()
 
     async def _restart(self) -> None:
         backoff_s = self._restart_backoff_s

@@ -1,15 +1,19 @@
 """The engine in its own process: typed messages across the boundary, the child's loop,
 and the parent's handle on the child.
 
-    parent                                   child (spawn)
-    EngineProcess.send(AddRequest) ──pipe──▶ EngineCore.run(): drain inputs, step(),
-    EngineProcess.recv() ◀──────────pipe──── send Outputs(step's outputs)
+    parent: EngineProcess                     child: run_engine_core -> EngineCore
+    AddRequest, AbortRequest, GetStats,  ──pipe──▶  drain all inputs, step(), send
+    Shutdown                                        the step's outputs as one message
+    Ready, Outputs, StatsReply, Failed   ◀──pipe──
 
 Two one-way pipes, so the parent can write and read from different threads. The child
 builds `LLMEngine(config)` and answers `Ready`, or `Failed` if that raised. An error
 inside `step()` is fatal: the child logs it, sends `Failed` and exits with code 1; the
 parent (`AsyncEngineClient`) restarts it. The child also exits when the parent's end of
 the pipe closes, so it never outlives the gateway.
+
+Spawn starts a fresh interpreter that re-imports the parent's main module, so that
+module must guard its entry point with `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,11 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tenantserve.config import EngineConfig
 from tenantserve.engine.request import EngineRequest, FinishReason, RequestOutput
@@ -103,6 +105,7 @@ class Failed:
 
 
 CoreOutput = Ready | Outputs | StatsReply | Failed
+
 
 # -- the child ----------------------------------------------------------------------------
 
@@ -195,13 +198,25 @@ def _failed(e: BaseException) -> Failed:
 
 
 def run_engine_core(config: EngineConfig, inbox: Connection, outbox: Connection) -> None:
-    """The child process's entry point: build the engine, say Ready, serve."""
+    """The child process's entry point: build the engine, say Ready, serve, exit.
+
+    Exit code 0 after Shutdown or when the parent has gone, 1 after a failure."""
     # The parent owns this process's lifetime (Shutdown, or closing the pipe); a Ctrl-C
     # meant for the gateway must not kill the engine under it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s engine[%(process)d] %(levelname)s %(message)s"
     )
+    exit_code = _serve(config, inbox, outbox)
+    # Skip the interpreter's teardown, which takes about a second once torch is loaded
+    # and delays every shutdown and restart; the engine holds nothing worth finalising.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+def _serve(config: EngineConfig, inbox: Connection, outbox: Connection) -> int:
     try:
         import torch
 
@@ -213,7 +228,7 @@ def run_engine_core(config: EngineConfig, inbox: Connection, outbox: Connection)
     except Exception as e:
         logger.exception("engine failed to start from %s", config.model_dir)
         _send_quietly(outbox, _failed(e))
-        sys.exit(1)
+        return 1
     try:
         outbox.send(Ready(os.getpid()))
         EngineCore(engine, inbox, outbox).run()
@@ -222,7 +237,8 @@ def run_engine_core(config: EngineConfig, inbox: Connection, outbox: Connection)
     except Exception as e:
         logger.exception("engine step failed; exiting")
         _send_quietly(outbox, _failed(e))
-        sys.exit(1)
+        return 1
+    return 0
 
 
 def _send_quietly(conn: Connection, msg: CoreOutput) -> None:
@@ -233,26 +249,16 @@ def _send_quietly(conn: Connection, msg: CoreOutput) -> None:
 # -- the parent's handle ------------------------------------------------------------------
 
 
-def _mappingproxy(d: dict[Any, Any]) -> Mapping[Any, Any]:
-    return MappingProxyType(d)
-
-
-def _reduce_mappingproxy(m: MappingProxyType[Any, Any]) -> tuple[Any, tuple[dict[Any, Any]]]:
-    return _mappingproxy, (dict(m),)
-
-
 class EngineProcess:
     """One spawned engine process and the parent's ends of its two pipes.
 
-    Thread use: `send`/`send_bytes` from one thread, `recv` from another. Only the thread
+    Thread use: `send_bytes` from one thread, `recv` from another. Only the thread
     that calls `reap()` may wait for the process; others watch `sentinel`."""
 
     def __init__(self, config: EngineConfig) -> None:
-        # EngineConfig holds read-only mappings (MappingProxyType), which plain pickle refuses.
-        ForkingPickler.register(MappingProxyType, _reduce_mappingproxy)
         ctx = multiprocessing.get_context("spawn")
-        child_inbox, self._inbox = ctx.Pipe(duplex=False)
-        self._outbox, child_outbox = ctx.Pipe(duplex=False)
+        child_inbox, self._to_child = ctx.Pipe(duplex=False)
+        self._from_child, child_outbox = ctx.Pipe(duplex=False)
         self._process: BaseProcess = ctx.Process(
             target=run_engine_core,
             args=(config, child_inbox, child_outbox),
@@ -277,19 +283,16 @@ class EngineProcess:
 
     def send_bytes(self, payload: bytes) -> None:
         """Write an encoded message; blocks while the pipe is full, OSError once the child exits."""
-        self._inbox.send_bytes(payload)
-
-    def send(self, msg: CoreInput) -> None:
-        self._inbox.send(msg)
+        self._to_child.send_bytes(payload)
 
     @property
     def output_conn(self) -> Connection:
         """The pipe the child's messages arrive on (readable: a message or EOF)."""
-        return self._outbox
+        return self._from_child
 
     def recv(self) -> CoreOutput:
         """The next message from the child; EOFError once it is gone."""
-        msg: CoreOutput = self._outbox.recv()
+        msg: CoreOutput = self._from_child.recv()
         return msg
 
     def kill(self) -> None:
@@ -309,6 +312,6 @@ class EngineProcess:
     def close(self) -> None:
         """Release the pipes and the process object; call after `reap()`."""
         self._closed = True
-        self._inbox.close()
-        self._outbox.close()
+        self._to_child.close()
+        self._from_child.close()
         self._process.close()

@@ -218,6 +218,28 @@ async def test_killed_engine_fails_in_flight_stream_then_restarts(tiny_model_dir
         assert_reaped(pid)
 
 
+async def test_generate_during_a_restart_waits_a_bounded_time_then_raises_engine_dead(
+    tiny_model_dir: Path,
+) -> None:
+    threads_before = engine_threads()
+    client = AsyncEngineClient(engine_config(tiny_model_dir), ready_timeout_s=0.2)
+    await client.start()
+    pid = client.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while client.num_restarts == 0:
+            await asyncio.sleep(0.01)
+
+    # The new process needs seconds to import torch and load the model.
+    with pytest.raises(EngineDeadError, match="restarting"):
+        await collect(client, make_request())
+
+    await client.shutdown()  # also stops the restart in progress
+    assert client.pid is None
+    assert engine_threads() == threads_before
+
+
 async def test_shutdown_ends_streams_reaps_the_process_and_is_idempotent(
     tiny_model_dir: Path,
 ) -> None:
