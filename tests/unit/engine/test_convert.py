@@ -50,8 +50,9 @@ def test_converted_checkpoint_loads_in_ours_and_transformers(smollm2_dir: Path) 
     assert getattr(ref, "hf_quantizer", None) is None
     assert ours.config.num_hidden_layers == 30
     assert torch.equal(ours.embed_tokens.weight, ref.model.embed_tokens.weight)
+    name = "layers.0.mlp.down_proj.weight"
     assert torch.equal(
-        ours.layers[0].mlp.down_proj.weight, ref.model.layers[0].mlp.down_proj.weight
+        dict(ours.named_parameters())[name], dict(ref.named_parameters())[f"model.{name}"]
     )
 
 

@@ -1,0 +1,1 @@
+"""The `tenantserve` command line."""

@@ -1,0 +1,206 @@
+"""`tenantserve up` serves the OpenAI-compatible API; `tenantserve chat` talks to the model.
+
+Flags override `TENANTSERVE_*` environment variables, which override the defaults
+(see `tenantserve.config`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
+
+import typer
+
+from tenantserve.config import Settings
+from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.request import EngineRequest, SamplingParams
+from tenantserve.engine.tokenizer import Tokenizer
+from tenantserve.errors import InvalidRequestError, TenantServeError
+
+if TYPE_CHECKING:
+    from tenantserve.bootstrap import Service
+
+app = typer.Typer(
+    name="tenantserve",
+    help="Multi-tenant LLM serving with an OpenAI-compatible API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Where models and state live (default .tenantserve).", show_default=False),
+]
+
+
+@app.command()
+def up(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default 127.0.0.1).", show_default=False)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default 8000).", show_default=False)
+    ] = None,
+    data_dir: DataDirOption = None,
+    device: Annotated[
+        str | None, typer.Option(help="Torch device (default cpu).", show_default=False)
+    ] = None,
+    quantization: Annotated[
+        str | None,
+        typer.Option(help="fp32, bf16 or int8 weights (default fp32).", show_default=False),
+    ] = None,
+) -> None:
+    """Serve the model over HTTP (OpenAI-compatible), converting the default model on first run."""
+    import uvicorn
+
+    from tenantserve.bootstrap import build_service
+
+    try:
+        settings = Settings.from_env(
+            host=host, port=port, data_dir=data_dir, device=device, quantization=quantization
+        )
+        service = build_service(settings, on_ready=_print_banner)
+    except TenantServeError as e:
+        _fail(e)
+    _err(f"starting the engine for {service.model.name} on {settings.device}")
+    uvicorn.run(service.app, host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def chat(
+    data_dir: DataDirOption = None,
+    max_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.7,
+) -> None:
+    """Chat with the model in the terminal; reads stdin (piped input works), /exit quits."""
+    from tenantserve.bootstrap import resolve_model_dir
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir)
+        model_dir = resolve_model_dir(settings)
+        tokenizer = Tokenizer(model_dir)
+        sampling = SamplingParams(max_tokens=max_tokens, temperature=temperature)
+    except TenantServeError as e:
+        _fail(e)
+    _err(f"loading {model_dir.name} ...")
+    try:
+        asyncio.run(
+            _chat(AsyncEngineClient(settings.engine_config(model_dir)), tokenizer, sampling)
+        )
+    except KeyboardInterrupt:
+        pass
+    except TenantServeError as e:
+        _fail(e)
+
+
+async def _chat(engine: AsyncEngineClient, tokenizer: Tokenizer, sampling: SamplingParams) -> None:
+    interactive = sys.stdin.isatty()
+    lines = _StdinLines(sys.stdin)
+    history: list[dict[str, str]] = []
+    async with engine:
+        _err("ready. /exit quits, /reset forgets the conversation.")
+        while True:
+            if interactive:
+                print("you> ", end="", flush=True)
+            line = await lines.next()
+            if line is None:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if not interactive:
+                print(f"you> {text}")
+            if text in ("/exit", "/quit"):
+                break
+            if text == "/reset":
+                history.clear()
+                print("(conversation forgotten)")
+                continue
+            history.append({"role": "user", "content": text})
+            reply = await _reply(engine, tokenizer, history, sampling, sys.stdout)
+            if reply is None:
+                history.pop()
+            else:
+                history.append({"role": "assistant", "content": reply})
+
+
+async def _reply(
+    engine: AsyncEngineClient,
+    tokenizer: Tokenizer,
+    history: list[dict[str, str]],
+    sampling: SamplingParams,
+    out: TextIO,
+) -> str | None:
+    """Stream the model's answer to `out`; None (and a message) when the engine refused."""
+    out.write("assistant> ")
+    out.flush()
+    parts: list[str] = []
+    try:
+        request = EngineRequest(
+            request_id=f"chat-{uuid.uuid4().hex}",
+            prompt_token_ids=tuple(tokenizer.encode_chat(history)),
+            sampling=sampling,
+            tenant_id="local",
+        )
+        async for output in engine.generate(request):
+            parts.append(output.text_delta)
+            out.write(output.text_delta)
+            out.flush()
+    except InvalidRequestError as e:
+        out.write(f"\n(error: {e} -- /reset starts a new conversation)\n")
+        return None
+    out.write("\n")
+    return "".join(parts)
+
+
+class _StdinLines:
+    """Lines of a blocking text stream, read by a daemon thread (so Ctrl-C never waits on it)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: TextIO) -> None:
+        for line in stream:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def next(self) -> str | None:
+        """The next line, or None at end of input."""
+        return await self._queue.get()
+
+
+def _print_banner(service: Service) -> None:
+    settings, model_name = service.settings, service.model.name
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    body = json.dumps(
+        {"model": model_name, "messages": [{"role": "user", "content": "Say hello in French."}]}
+    )
+    print(
+        f"\ntenantserve is serving {model_name} at {base}/v1\n\n"
+        f"try it:\n"
+        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"    -d {shlex.quote(body)}\n",
+        flush=True,
+    )
+
+
+def _err(message: str) -> None:
+    print(f"[tenantserve] {message}", file=sys.stderr, flush=True)
+
+
+def _fail(e: TenantServeError) -> NoReturn:
+    _err(f"error: {e}")
+    raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()
