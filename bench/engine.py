@@ -18,7 +18,6 @@ import gc
 import json
 import resource
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,7 +33,6 @@ from tenantserve.config import CacheConfig, EngineConfig, LoraConfig, SchedulerC
 from tenantserve.engine.engine import LLMEngine  # noqa: E402
 from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams  # noqa: E402
-from tenantserve.tiers import Tier  # noqa: E402
 
 NEW_TOKENS = 64
 PROMPT_LENGTHS = (24, 64, 128, 200, 320)  # cycled: "mixed prompt lengths"
@@ -86,9 +84,7 @@ def make_requests(
     for i in range(n):
         ids = prompt_ids(tokenizer, PROMPT_LENGTHS[i % len(PROMPT_LENGTHS)], salt=i)
         lora = loras[i % len(loras)] if loras else None
-        out.append(
-            EngineRequest(f"{tag}{i}", tuple(ids), params, tenant_id=f"t{i}", lora=lora)
-        )
+        out.append(EngineRequest(f"{tag}{i}", tuple(ids), params, tenant_id=f"t{i}", lora=lora))
     return out
 
 
@@ -152,7 +148,9 @@ def bench_throughput(cfg: EngineConfig, hf: Any, quick: bool) -> list[dict[str, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="skip the slowest cases")
     ap.add_argument("--data-dir", type=Path, default=REPO / ".tenantserve")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "engine.json")

@@ -63,7 +63,9 @@ class LLMEngine:
             config.max_model_len or self.model_config.max_position_embeddings,
             num_blocks * cc.block_size,
         )
-        self.pool = BlockPool(num_blocks, cc.block_size, cc.tier_block_budget, cc.enable_prefix_cache)
+        self.pool = BlockPool(
+            num_blocks, cc.block_size, cc.tier_block_budget, cc.enable_prefix_cache
+        )
         self.adapters = None  # wired by the LoRA transform
         self.scheduler = Scheduler(config.scheduler, self.pool, self.adapters)
         self.runner = ModelRunner(

@@ -68,12 +68,12 @@ class ModelRunner:
     def kv_bytes_per_block(model: LlamaForCausalLM, block_size: int, dtype: torch.dtype) -> int:
         cfg = model.config
         elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * cfg.num_hidden_layers * block_size * cfg.num_key_value_heads * cfg.head_dim * elem
+        return (
+            2 * cfg.num_hidden_layers * block_size * cfg.num_key_value_heads * cfg.head_dim * elem
+        )
 
     @torch.inference_mode()
-    def run(
-        self, plan: SchedulerOutput, generators: dict[str, torch.Generator]
-    ) -> dict[str, int]:
+    def run(self, plan: SchedulerOutput, generators: dict[str, torch.Generator]) -> dict[str, int]:
         """Forward the planned tokens (writing their K/V) and sample the next token of
         every sequence whose known tokens are now all computed."""
         inputs = self.prepare(plan)
@@ -87,8 +87,7 @@ class ModelRunner:
         gens = [generators.get(item.seq.request_id) for item in inputs.sample_items]
         tokens = self.sampler.sample(logits, params, gens)
         return {
-            item.seq.request_id: tok
-            for item, tok in zip(inputs.sample_items, tokens, strict=True)
+            item.seq.request_id: tok for item, tok in zip(inputs.sample_items, tokens, strict=True)
         }
 
     def prepare(self, plan: SchedulerOutput) -> StepInputs:
@@ -124,7 +123,9 @@ class ModelRunner:
             decode_table = torch.tensor(table, dtype=torch.long, device=self.device)
             span = torch.arange(max_blocks * bs, device=self.device)
             lens = torch.tensor(lengths, device=self.device)
-            decode_mask = torch.zeros(len(decodes), max_blocks * bs, dtype=self.dtype, device=self.device)
+            decode_mask = torch.zeros(
+                len(decodes), max_blocks * bs, dtype=self.dtype, device=self.device
+            )
             decode_mask.masked_fill_(span[None, :] >= lens[:, None], float("-inf"))
             decode_mask = decode_mask.view(len(decodes), 1, 1, -1)
 
@@ -137,10 +138,10 @@ class ModelRunner:
             slots.extend(seq.block_ids[p // bs] * bs + p % bs for p in range(ctx, ctx + n))
             token_slots.extend([seq.lora_slot] * n)
             num_blocks = -(-(ctx + n) // bs)
-            mask = (
-                causal_mask_with_context(ctx, n, self.dtype, self.device) if ctx > 0 else None
+            mask = causal_mask_with_context(ctx, n, self.dtype, self.device) if ctx > 0 else None
+            block_ids = torch.tensor(
+                seq.block_ids[:num_blocks], dtype=torch.long, device=self.device
             )
-            block_ids = torch.tensor(seq.block_ids[:num_blocks], dtype=torch.long, device=self.device)
             spans.append(PrefillSpan(start, start + n, ctx, block_ids, mask))
             if item.samples:
                 sample_rows.append(start + n - 1)

@@ -77,7 +77,7 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     """Attention output [T, Hq, D] for every token of the step. Does not modify the cache."""
-    num_tokens, num_heads, head_dim = q.shape
+    _, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)

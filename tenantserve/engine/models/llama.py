@@ -250,7 +250,9 @@ class LlamaForCausalLM(nn.Module):
         expected = self._expected_keys()
         missing = sorted(expected - loaded)
         if missing:
-            raise CheckpointError(f"checkpoint is missing {len(missing)} tensors, e.g. {missing[0]}")
+            raise CheckpointError(
+                f"checkpoint is missing {len(missing)} tensors, e.g. {missing[0]}"
+            )
 
     def _expected_keys(self) -> set[str]:
         keys: set[str] = set()

@@ -81,7 +81,7 @@ def test_out_of_blocks_preempts_lowest_tier_then_newest() -> None:
     run_step(sched)  # all four prefilled: 12 blocks used
     assert sched.pool.num_available_blocks == 0
     plan = run_step(sched)  # each decode needs a 4th block
-    assert [s.request_id for s in plan.preempted][0] == "free-new"
+    assert plan.preempted[0].request_id == "free-new"
     assert "prem" in [s.seq.request_id for s in plan.decodes]
     assert {s.request_id for s in plan.preempted} <= {"free-new", "free-old"}
 
