@@ -35,7 +35,7 @@ from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams  # noqa: E402
 
 NEW_TOKENS = 64
-PROMPT_LENGTHS = (24, 64, 128, 200, 320)  # cycled: "mixed prompt lengths"
+PROMPT_LENGTHS = (16, 32, 64, 96, 128)  # cycled: "mixed prompt lengths", mean 67
 PEAK_GFLOPS = 190.0  # 2 cores x AVX2 FMA fp32, the issue's estimate for this machine
 TEXT = (
     "The history of computing is a story of abstraction layered upon abstraction. "
@@ -127,6 +127,7 @@ def timed(fn: Callable[[], Any], repeat: int = 1) -> float:
 def bench_throughput(cfg: EngineConfig, hf: Any, quick: bool) -> list[dict[str, Any]]:
     engine = LLMEngine(cfg)
     tok = engine.tokenizer
+    gflop = gflop_per_token(engine.model)
     run_engine(engine, make_requests(tok, 2, tag="warm"))  # warm-up
     rows = []
     for conc in (1, 8, 32):
@@ -141,10 +142,126 @@ def bench_throughput(cfg: EngineConfig, hf: Any, quick: bool) -> list[dict[str, 
                 "tenantserve_tok_s": ours["tok_s"],
                 "transformers_tok_s": theirs["tok_s"],
                 "speedup": ours["tok_s"] / theirs["tok_s"],
+                # Useful FLOPs (prompt + generated tokens) per second over the 2-core peak.
+                "fraction_of_peak": (
+                    (sum(len(r.prompt_token_ids) for r in reqs) + ours["tokens"])
+                    * gflop
+                    / ours["seconds"]
+                    / PEAK_GFLOPS
+                ),
             }
         )
         print(f"  concurrency {conc}: {rows[-1]}", flush=True)
     return rows
+
+
+def bench_prefix_cache(cfg: EngineConfig) -> dict[str, Any]:
+    """TTFT of a request behind a 1,000-token system prompt: cold, same tenant, other tenant."""
+    engine = LLMEngine(cfg)
+    tok = engine.tokenizer
+    run_engine(engine, make_requests(tok, 1, tag="warm"))
+    system = prompt_ids(tok, 1000, salt=999)
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+
+    def ttft(rid: str, tenant: str, question: str) -> float:
+        ids = system + tok.encode(question)
+        r = EngineRequest(rid, tuple(ids), params, tenant_id=tenant)
+        return run_engine(engine, [r])["ttfts"][0]
+
+    cold = ttft("cold", "acme", " What is a compiler?")
+    hit = ttft("hit", "acme", " What did networks join?")
+    other = ttft("other", "globex", " What is a compiler?")
+    return {
+        "cold_ttft_s": cold,
+        "same_tenant_ttft_s": hit,
+        "other_tenant_ttft_s": other,
+        "hit_speedup": cold / hit,
+        "other_tenant_vs_cold": other / cold,
+    }
+
+
+def decode_rate(engine: LLMEngine, ids: list[int]) -> tuple[float, list[int]]:
+    """Batch-1 decode tokens/s after the first token, and the greedy tokens."""
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
+    engine.add_request(EngineRequest("b1", tuple(ids), params, tenant_id="t"))
+    tokens: list[int] = []
+    first = last = 0.0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens.extend(out.new_token_ids)
+            last = time.perf_counter()
+            if len(tokens) == 1:
+                first = last
+    return (len(tokens) - 1) / (last - first), tokens
+
+
+def hf_decode_rate(hf: Any, ids: list[int]) -> float:
+    """transformers batch-1: time of 64 new tokens minus the time of the first (prefill)."""
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        kw = {"do_sample": False, "pad_token_id": 0}
+        t_prefill = timed(lambda: hf.generate(x, max_new_tokens=1, min_new_tokens=1, **kw), 2)
+        t_all = timed(
+            lambda: hf.generate(x, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, **kw), 2
+        )
+    return (NEW_TOKENS - 1) / (t_all - t_prefill)
+
+
+def bench_batch1(cfg: EngineConfig, hf: Any) -> dict[str, Any]:
+    """fp32 vs transformers, then lower-precision weights with greedy agreement vs fp32."""
+    out: dict[str, Any] = {}
+    chats = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "Explain gravity to a child.",
+        "List three uses of a paperclip.",
+        "What is 12 times 12?",
+        "Give me a tip for learning to cook.",
+        "Why is the sky blue?",
+        "Name a famous painting and its painter.",
+    ]
+    reference: dict[str, list[list[int]]] = {}
+    for quant in ("fp32", "bf16"):
+        engine = LLMEngine(replace(cfg, quantization=quant))
+        tok = engine.tokenizer
+        prompts = [tok.encode_chat([{"role": "user", "content": c}]) for c in chats]
+        decode_rate(engine, prompts[0])  # warm-up
+        rate = max(decode_rate(engine, prompts[0])[0] for _ in range(2))
+        greedy = []
+        for p in prompts:
+            params = SamplingParams(max_tokens=32, temperature=0.0)
+            r = EngineRequest(f"g{len(greedy)}", tuple(p), params, tenant_id="t")
+            engine.add_request(r)
+            toks: list[int] = []
+            while engine.has_unfinished_requests():
+                for o in engine.step():
+                    toks.extend(o.new_token_ids)
+            greedy.append(toks)
+        reference[quant] = greedy
+        out[f"{quant}_tok_s"] = rate
+        if quant != "fp32":
+            out[f"{quant}_greedy_agreement"] = agreement(reference["fp32"], greedy)
+        del engine
+        gc.collect()
+    tok_ids = prompts[0]
+    out["transformers_fp32_tok_s"] = hf_decode_rate(hf, tok_ids)
+    out["fp32_speedup"] = out["fp32_tok_s"] / out["transformers_fp32_tok_s"]
+    out["bf16_speedup"] = out["bf16_tok_s"] / out["transformers_fp32_tok_s"]
+    return out
+
+
+def agreement(ref: list[list[int]], other: list[list[int]]) -> dict[str, float]:
+    """Share of sequences identical to fp32, and of tokens before the first divergence."""
+    same = sum(a == b for a, b in zip(ref, other, strict=True))
+    prefix = 0
+    total = 0
+    for a, b in zip(ref, other, strict=True):
+        n = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        prefix += n
+        total += len(a)
+    return {"identical_sequences": same / len(ref), "tokens_before_divergence": prefix / total}
 
 
 def main() -> None:
@@ -172,6 +289,14 @@ def main() -> None:
     if "1" in sections:
         print("1. throughput", flush=True)
         results["throughput"] = bench_throughput(cfg, hf, args.quick)
+    if "4" in sections:
+        print("4. prefix cache", flush=True)
+        results["prefix_cache"] = bench_prefix_cache(cfg)
+        print(f"  {results['prefix_cache']}", flush=True)
+    if "5" in sections:
+        print("5. batch-1 decode", flush=True)
+        results["batch1"] = bench_batch1(cfg, hf)
+        print(f"  {results['batch1']}", flush=True)
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str))

@@ -71,9 +71,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.quantization not in ("fp32", "bf16", "int8"):
-            raise ConfigError(
-                f"quantization must be fp32, bf16 or int8, not {self.quantization!r}"
-            )
+            raise ConfigError(f"quantization must be fp32, bf16 or int8, not {self.quantization!r}")
 
 
 @dataclass(frozen=True)

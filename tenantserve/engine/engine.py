@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from tenantserve.config import EngineConfig
+from tenantserve.engine.adapters import AdapterManager, AdapterStats
 from tenantserve.engine.block_pool import BlockPool, BlockPoolStats
+from tenantserve.engine.layers.lora import LoraWeights, apply_lora
 from tenantserve.engine.models.checkpoint import load_model
 from tenantserve.engine.output_processor import OutputProcessor
 from tenantserve.engine.request import (
@@ -38,6 +40,7 @@ class EngineStats:
     num_preemptions: int
     max_model_len: int
     kv: BlockPoolStats
+    adapters: AdapterStats | None
 
 
 class LLMEngine:
@@ -66,10 +69,19 @@ class LLMEngine:
         self.pool = BlockPool(
             num_blocks, cc.block_size, cc.tier_block_budget, cc.enable_prefix_cache
         )
-        self.adapters = None  # wired by the LoRA transform
+        lora_weights: LoraWeights | None = None
+        self.adapters: AdapterManager | None = None
+        if config.lora.max_loras > 0:
+            lora_weights = apply_lora(self.model, config.lora)
+            self.adapters = AdapterManager(config.lora, self.model_config, lora_weights)
         self.scheduler = Scheduler(config.scheduler, self.pool, self.adapters)
         self.runner = ModelRunner(
-            self.model, num_blocks, cc.block_size, self.device, Sampler(config.seed, self.device)
+            self.model,
+            num_blocks,
+            cc.block_size,
+            self.device,
+            Sampler(config.seed, self.device),
+            lora=lora_weights,
         )
         self._seqs: dict[str, Sequence] = {}
         self._generators: dict[str, torch.Generator] = {}
@@ -135,6 +147,9 @@ class LLMEngine:
             seq.finish_reason = FinishReason.ERROR
             outputs.append(self._finish(seq, text="", error=error))
         if plan.is_empty:
+            if self.adapters is not None and not outputs:
+                # Only requests whose adapters are loading: wait for a load, do not spin.
+                self.adapters.wait_for_load(timeout_s=0.05)
             return outputs
         now = time.monotonic()
         for item in plan.scheduled:
@@ -197,6 +212,11 @@ class LLMEngine:
             metrics=metrics,
         )
 
+    def close(self) -> None:
+        """Stop background work (adapter loader threads)."""
+        if self.adapters is not None:
+            self.adapters.close()
+
     def stats(self) -> EngineStats:
         return EngineStats(
             num_running=len(self.scheduler.running),
@@ -205,4 +225,5 @@ class LLMEngine:
             num_preemptions=self.num_preemptions,
             max_model_len=self.max_model_len,
             kv=self.pool.stats(),
+            adapters=self.adapters.stats() if self.adapters is not None else None,
         )
