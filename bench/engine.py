@@ -18,6 +18,7 @@ import gc
 import json
 import resource
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -155,6 +156,75 @@ def bench_throughput(cfg: EngineConfig, hf: Any, quick: bool) -> list[dict[str, 
     return rows
 
 
+def write_adapters(model_dir: Path, root: Path, n: int, rank: int, targets: Any) -> list[LoraRef]:
+    from tests.helpers.lora import write_random_adapter
+
+    refs = []
+    for i in range(n):
+        name = f"r{rank}-{'all' if targets == 'all-linear' else 'qv'}-{i}"
+        path = write_random_adapter(model_dir, root / name, rank, targets, seed=i)
+        refs.append(LoraRef(name, str(path)))
+    return refs
+
+
+def bench_multi_lora(cfg: EngineConfig, root: Path) -> list[dict[str, Any]]:
+    """32 concurrent requests; 0, 1 or 8 distinct adapters spread over the batch."""
+    engine = LLMEngine(cfg)
+    tok = engine.tokenizer
+    qv = write_adapters(cfg.model_dir, root, 8, 8, ["q_proj", "v_proj"])
+    full = write_adapters(cfg.model_dir, root, 8, 16, "all-linear")
+    cases: list[tuple[str, list[LoraRef | None] | None]] = [
+        ("0 adapters", None),
+        ("1 adapter rank-8 q/v", [qv[0]]),
+        ("8 adapters rank-8 q/v", list(qv)),
+        ("8 adapters rank-16 all-linear", list(full)),
+    ]
+    rows = []
+    base = 0.0
+    for name, loras in cases:
+        run_engine(engine, make_requests(tok, 8, loras, tag=f"warm-{name}"))  # loads adapters
+        best = max(
+            run_engine(engine, make_requests(tok, 32, loras, tag=f"{name}-{k}"))["tok_s"]
+            for k in range(2)
+        )
+        base = base or best
+        rows.append({"case": name, "tok_s": best, "loss": 1 - best / base})
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+def bench_adapter_load(cfg: EngineConfig, root: Path) -> dict[str, Any]:
+    """Rank-16 all-linear adapter: disk -> active (cold) and host -> active, best of 5."""
+    engine = LLMEngine(replace(cfg, lora=replace(cfg.lora, max_loras=1)))
+    mgr = engine.adapters
+    assert mgr is not None
+    refs = write_adapters(cfg.model_dir, root / "load", 6, 16, "all-linear")
+    other = refs[-1]
+    disk, host = [], []
+    for ref in refs[:5]:
+        t0 = time.perf_counter()
+        slot, error = mgr.acquire(ref)
+        while slot is None and error is None:
+            mgr.wait_for_load(1.0)
+            slot, error = mgr.acquire(ref)
+        disk.append(time.perf_counter() - t0)
+        assert slot is not None, error
+        mgr.release(slot)
+        # Push it back to the host tier by activating another adapter in the only slot.
+        o_slot, _ = mgr.acquire(other)
+        while o_slot is None:
+            mgr.wait_for_load(1.0)
+            o_slot, _ = mgr.acquire(other)
+        mgr.release(o_slot)
+        t0 = time.perf_counter()
+        slot, _ = mgr.acquire(ref)
+        host.append(time.perf_counter() - t0)
+        assert slot is not None
+        mgr.release(slot)
+    mgr.close()
+    return {"disk_to_active_ms": min(disk) * 1e3, "host_to_active_ms": min(host) * 1e3}
+
+
 def bench_prefix_cache(cfg: EngineConfig) -> dict[str, Any]:
     """TTFT of a request behind a 1,000-token system prompt: cold, same tenant, other tenant."""
     engine = LLMEngine(cfg)
@@ -221,7 +291,7 @@ def bench_batch1(cfg: EngineConfig, hf: Any) -> dict[str, Any]:
         "Name a famous painting and its painter.",
     ]
     reference: dict[str, list[list[int]]] = {}
-    for quant in ("fp32", "bf16"):
+    for quant in ("fp32", "bf16", "int8"):
         engine = LLMEngine(replace(cfg, quantization=quant))
         tok = engine.tokenizer
         prompts = [tok.encode_chat([{"role": "user", "content": c}]) for c in chats]
@@ -246,7 +316,8 @@ def bench_batch1(cfg: EngineConfig, hf: Any) -> dict[str, Any]:
     tok_ids = prompts[0]
     out["transformers_fp32_tok_s"] = hf_decode_rate(hf, tok_ids)
     out["fp32_speedup"] = out["fp32_tok_s"] / out["transformers_fp32_tok_s"]
-    out["bf16_speedup"] = out["bf16_tok_s"] / out["transformers_fp32_tok_s"]
+    for quant in ("bf16", "int8"):
+        out[f"{quant}_speedup"] = out[f"{quant}_tok_s"] / out["transformers_fp32_tok_s"]
     return out
 
 
@@ -289,6 +360,14 @@ def main() -> None:
     if "1" in sections:
         print("1. throughput", flush=True)
         results["throughput"] = bench_throughput(cfg, hf, args.quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "2" in sections:
+            print("2. multi-LoRA cost", flush=True)
+            results["multi_lora"] = bench_multi_lora(cfg, Path(tmp))
+        if "3" in sections:
+            print("3. adapter load latency", flush=True)
+            results["adapter_load"] = bench_adapter_load(cfg, Path(tmp))
+            print(f"  {results['adapter_load']}", flush=True)
     if "4" in sections:
         print("4. prefix cache", flush=True)
         results["prefix_cache"] = bench_prefix_cache(cfg)

@@ -12,6 +12,7 @@ from tenantserve.config import EngineConfig
 from tenantserve.engine.adapters import AdapterManager, AdapterStats
 from tenantserve.engine.block_pool import BlockPool, BlockPoolStats
 from tenantserve.engine.layers.lora import LoraWeights, apply_lora
+from tenantserve.engine.layers.quant import quantize_int8
 from tenantserve.engine.models.checkpoint import load_model
 from tenantserve.engine.output_processor import OutputProcessor
 from tenantserve.engine.request import (
@@ -27,7 +28,8 @@ from tenantserve.engine.scheduler import Scheduler, SchedulerOutput
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import InvalidRequestError, PromptTooLongError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+# Weight storage per model version (a registry attribute) -> the dtype the model runs in.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class LLMEngine:
         self.device = torch.device(config.device)
         dtype = DTYPES[config.quantization]
         self.model = load_model(config.model_dir, self.device, dtype)
+        if config.quantization == "int8":
+            quantize_int8(self.model)
         self.model_config = self.model.config
         self.tokenizer = Tokenizer(config.model_dir)
         eos = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)
