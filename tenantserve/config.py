@@ -65,11 +65,18 @@ class EngineConfig:
     max_model_len: int | None = None
     num_threads: int | None = None
     seed: int = 0
+    # Decode attention: "kernel" (C++, reads the paged cache in place; CPU only), "sdpa"
+    # (gather + PyTorch SDPA; any device), or "auto" (the kernel on CPU when it builds).
+    decode_attention: str = "auto"
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
+        if self.decode_attention not in ("auto", "kernel", "sdpa"):
+            raise ConfigError(
+                f"decode_attention must be auto, kernel or sdpa, not {self.decode_attention!r}"
+            )
         if self.quantization not in ("fp32", "bf16", "int8"):
             raise ConfigError(f"quantization must be fp32, bf16 or int8, not {self.quantization!r}")
 

@@ -11,7 +11,9 @@ import torch
 from tenantserve.config import EngineConfig
 from tenantserve.engine.adapters import AdapterManager, AdapterStats
 from tenantserve.engine.block_pool import BlockPool, BlockPoolStats
+from tenantserve.engine.layers.decode_kernel import DecodeKernel, load_decode_kernel
 from tenantserve.engine.layers.lora import LoraWeights, apply_lora
+from tenantserve.engine.layers.onednn import onednn_available, pack_linears
 from tenantserve.engine.layers.quant import quantize_int8
 from tenantserve.engine.models.checkpoint import load_model
 from tenantserve.engine.output_processor import OutputProcessor
@@ -26,7 +28,7 @@ from tenantserve.engine.runner import ModelRunner
 from tenantserve.engine.sampler import Sampler
 from tenantserve.engine.scheduler import Scheduler, SchedulerOutput
 from tenantserve.engine.tokenizer import Tokenizer
-from tenantserve.errors import InvalidRequestError, PromptTooLongError
+from tenantserve.errors import ConfigError, InvalidRequestError, PromptTooLongError
 
 # Weight storage per model version (a registry attribute) -> the dtype the model runs in.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}
@@ -57,6 +59,8 @@ class LLMEngine:
         self.model = load_model(config.model_dir, self.device, dtype)
         if config.quantization == "int8":
             quantize_int8(self.model)
+        elif onednn_available(self.device):
+            pack_linears(self.model, batch_hint=config.scheduler.max_num_seqs)
         self.model_config = self.model.config
         self.tokenizer = Tokenizer(config.model_dir)
         eos = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)
@@ -86,12 +90,24 @@ class LLMEngine:
             self.device,
             Sampler(config.seed, self.device),
             lora=lora_weights,
+            decode_kernel=self._decode_kernel(config),
         )
         self._seqs: dict[str, Sequence] = {}
         self._generators: dict[str, torch.Generator] = {}
         self._pending: list[RequestOutput] = []
         self.num_steps = 0
         self.num_preemptions = 0
+
+    @staticmethod
+    def _decode_kernel(config: EngineConfig) -> DecodeKernel | None:
+        if config.decode_attention == "sdpa" or (
+            config.decode_attention == "auto" and config.device != "cpu"
+        ):
+            return None
+        kernel = load_decode_kernel()
+        if kernel is None and config.decode_attention == "kernel":
+            raise ConfigError("decode_attention='kernel' but the C++ kernel cannot be built")
+        return kernel
 
     # -- requests -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from tenantserve.engine.layers.attention import (
     PrefillSpan,
     causal_mask_with_context,
 )
+from tenantserve.engine.layers.decode_kernel import DecodeKernel
 from tenantserve.engine.models.llama import LlamaForCausalLM
 from tenantserve.engine.sampler import Sampler
 from tenantserve.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -50,6 +51,7 @@ class ModelRunner:
         device: torch.device,
         sampler: Sampler,
         lora: LoraBatchSink | None = None,
+        decode_kernel: DecodeKernel | None = None,
     ) -> None:
         cfg = model.config
         self.model = model
@@ -57,6 +59,7 @@ class ModelRunner:
         self.device = device
         self.sampler = sampler
         self.lora = lora
+        self.decode_kernel = decode_kernel
         dtype = next(model.parameters()).dtype
         self.caches = [
             KVCache(num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim, dtype, device)
@@ -113,8 +116,16 @@ class ModelRunner:
             slots.append(seq.block_ids[pos // bs] * bs + pos % bs)
             token_slots.append(seq.lora_slot)
 
-        decode_table = decode_mask = None
-        if decodes:
+        decode_table = decode_mask = context_lens = None
+        if decodes and self.decode_kernel is not None:
+            max_blocks = max(len(item.seq.block_ids) for item in decodes)
+            table = [
+                item.seq.block_ids + [0] * (max_blocks - len(item.seq.block_ids))
+                for item in decodes
+            ]
+            decode_table = torch.tensor(table, dtype=torch.long, device=self.device)
+            context_lens = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        elif decodes:
             max_blocks = max(-(-n // bs) for n in lengths)
             table = [
                 item.seq.block_ids[: -(-n // bs)] + [0] * (max_blocks - -(-n // bs))
@@ -153,6 +164,8 @@ class ModelRunner:
             decode_block_table=decode_table,
             decode_mask=decode_mask,
             prefills=tuple(spans),
+            decode_context_lens=context_lens,
+            decode_kernel=self.decode_kernel,
         )
         return StepInputs(
             input_ids=torch.tensor(input_ids, dtype=torch.long, device=self.device),

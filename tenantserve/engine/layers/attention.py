@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tenantserve.engine.layers.decode_kernel import DecodeKernel
+
 
 @dataclass(frozen=True)
 class PrefillSpan:
@@ -35,6 +37,9 @@ class AttentionMetadata:
     decode_block_table: torch.Tensor | None  # [Bd, max_blocks] long
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, max_blocks * block_size] additive (0 / -inf)
     prefills: tuple[PrefillSpan, ...]
+    decode_context_lens: torch.Tensor | None = None  # [Bd] long, with the step's token
+    # The C++ kernel reading K/V in place (then decode_mask is None), or None for SDPA.
+    decode_kernel: DecodeKernel | None = None
 
 
 class KVCache:
@@ -82,7 +87,12 @@ def paged_attention(
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
     nd = meta.num_decode_tokens
-    if nd:
+    if nd and meta.decode_kernel is not None:
+        assert meta.decode_block_table is not None and meta.decode_context_lens is not None
+        out[:nd] = meta.decode_kernel(
+            q[:nd], cache.k, cache.v, meta.decode_block_table, meta.decode_context_lens, scale
+        )
+    elif nd:
         assert meta.decode_block_table is not None and meta.decode_mask is not None
         kd, vd = cache.gather(meta.decode_block_table)  # [Bd, S, Hkv, D]
         # Grouped-query attention without repeating K/V: the query heads sharing a KV

@@ -208,3 +208,24 @@ def test_tier_is_carried_into_scheduling_order(config: EngineConfig) -> None:
     engine.add_request(premium)
     first = engine.step()
     assert [o.request_id for o in first] == ["premium"]
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_chat_equals_transformers(smollm2_dir: Path) -> None:
+    """The real model through the whole engine (packed GEMMs, decode kernel, batching)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    engine = LLMEngine(EngineConfig(model_dir=smollm2_dir, cache=CacheConfig(num_blocks=128)))
+    questions = ["What is the capital of France?", "Name three colors.", "What is 2+2?"]
+    prompts = [engine.tokenizer.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    ours = run_all(
+        engine, [req(f"q{i}", p, max_tokens=24, ignore_eos=False) for i, p in enumerate(prompts)]
+    )
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    for i, p in enumerate(prompts):
+        out = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False)
+        expected = out[0, len(p) :].tolist()
+        assert ours[f"q{i}"].tokens == expected[: len(ours[f"q{i}"].tokens)]
+        assert len(ours[f"q{i}"].tokens) == len(expected)
+    assert "Paris" in ours["q0"].text

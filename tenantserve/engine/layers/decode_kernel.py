@@ -1,0 +1,45 @@
+"""The C++ decode-attention kernel (`csrc/paged_attention.cpp`), compiled on first use.
+
+PyTorch's SDPA needs the decode batch's K/V gathered out of the paged cache and padded to
+the longest sequence; the kernel reads them in place through the block tables. It is
+built with torch's cpp_extension (a C++ compiler and ninja) into torch's extension cache
+the first time an engine starts on a machine; where it cannot be built, the engine falls
+back to the SDPA path and says so once in the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DecodeKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor
+]
+SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
+
+
+@functools.cache
+def load_decode_kernel() -> DecodeKernel | None:
+    """paged_decode_attention(q [B,Hq,D], k_cache, v_cache, block_table [B,nb] int64,
+    context_lens [B] int64, scale) -> [B,Hq,D]; None if it cannot be built here."""
+    try:
+        from torch.utils.cpp_extension import load
+
+        module = load(
+            name="tenantserve_paged_attention",
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as e:  # no compiler, no ninja, a build error: fall back, loudly
+        logger.warning("decode attention kernel unavailable (%s); using SDPA", e)
+        return None
+    kernel: DecodeKernel = module.paged_decode_attention
+    return kernel

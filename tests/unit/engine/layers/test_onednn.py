@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tenantserve.engine.layers.onednn import OneDnnLinear, onednn_available
+
+pytestmark = pytest.mark.skipif(
+    not onednn_available(torch.device("cpu")), reason="this torch build has no oneDNN"
+)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32, 300])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_packed_linear_equals_plain_linear(rows: int, dtype: torch.dtype, tol: float) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 160, bias=True).to(dtype)
+    packed = OneDnnLinear(linear, batch_hint=32)
+    x = torch.randn(rows, 96).to(dtype)
+    torch.testing.assert_close(packed(x).float(), linear(x).float(), rtol=tol, atol=tol)
