@@ -28,6 +28,7 @@ SOURCE = Path(__file__).parent / "csrc" / "paged_attention.cpp"
 def load_decode_kernel() -> DecodeKernel | None:
     """paged_decode_attention(q [B,Hq,D], k_cache, v_cache, block_table [B,nb] int64,
     context_lens [B] int64, scale) -> [B,Hq,D]; None if it cannot be built here."""
+    logger.info("loading the decode-attention kernel (compiled on first use here, ~30 s)")
     try:
         from torch.utils.cpp_extension import load
 
