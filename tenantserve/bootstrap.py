@@ -17,7 +17,8 @@ from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.models.checkpoint import read_config
 from tenantserve.engine.models.convert import ensure_default_model
 from tenantserve.engine.tokenizer import Tokenizer
-from tenantserve.gateway.app import EngineClient, ServedModel, create_app
+from tenantserve.gateway.app import ServedModel, create_app
+from tenantserve.gateway.engine_client import EngineClient
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """AsyncEngineClient: the gateway's asyncio face of an engine running in its own process.
 
-The event loop never waits on the engine. Per engine process, two threads move bytes:
+The event loop never waits on the engine. Per engine process (an `Incarnation`), two threads
+move bytes:
 
     writer thread   SimpleQueue[bytes] -> pipe -> child      (a full pipe blocks only it)
     reader thread   child -> pipe -> loop.call_soon_threadsafe(...)
@@ -14,21 +15,17 @@ for it, up to `ready_timeout_s`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import queue
-import threading
 from collections.abc import AsyncGenerator, Callable
-from multiprocessing.connection import wait as wait_for_ready
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tenantserve.config import EngineConfig
+from tenantserve.engine.incarnation import Incarnation
 from tenantserve.engine.process import (
     AbortRequest,
     AddRequest,
-    CoreInput,
     CoreOutput,
     EngineProcess,
     Failed,
@@ -54,95 +51,6 @@ logger = logging.getLogger(__name__)
 MAX_RESTART_BACKOFF_S = 30.0
 
 
-class _Incarnation:
-    """One engine process plus the reader and writer threads that serve its pipes."""
-
-    def __init__(
-        self,
-        process: EngineProcess,
-        loop: asyncio.AbstractEventLoop,
-        on_message: Callable[[_Incarnation, CoreOutput], None],
-        on_exit: Callable[[_Incarnation, int], None],
-    ) -> None:
-        self.process = process
-        self.pid = process.pid
-        self._loop = loop
-        self._on_message = on_message
-        self._on_exit = on_exit
-        # Resolved by Ready, or failed by Failed / the process exiting first.
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.ready.add_done_callback(_mark_retrieved)
-        self.became_ready = False
-        self.last_error: str | None = None
-        self._to_child: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(
-            target=self._write, name=f"tenantserve-engine-writer-{self.pid}", daemon=True
-        )
-        self._reader = threading.Thread(
-            target=self._read, name=f"tenantserve-engine-reader-{self.pid}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._writer.start()
-        self._reader.start()
-
-    def send(self, msg: CoreInput) -> None:
-        """Queue a message for the child; never blocks. Pickling errors raise here."""
-        self._to_child.put(EngineProcess.encode(msg))
-
-    @property
-    def running(self) -> bool:
-        """True until the process has exited and both threads are done."""
-        return self._reader.is_alive()
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        """Wait until the process has exited and was cleaned up; False on timeout."""
-        self._reader.join(timeout_s)
-        return not self._reader.is_alive()
-
-    def _write(self) -> None:
-        broken = False
-        while (payload := self._to_child.get()) is not None:
-            if broken:
-                continue
-            try:
-                self.process.send_bytes(payload)
-            except OSError:
-                broken = True  # the child is gone; the reader reports it
-
-    def _read(self) -> None:
-        conn = self.process.output_conn
-        try:
-            while True:
-                ready = wait_for_ready([conn, self.process.sentinel])
-                if conn not in ready:
-                    break  # exited, and nothing is left to read
-                try:
-                    msg = self.process.recv()
-                except EOFError:
-                    break
-                self._post(self._on_message, self, msg)
-        except Exception:
-            logger.exception("cannot read from engine process %d; killing it", self.pid)
-            self.process.kill()
-        finally:
-            exit_code = self.process.reap()
-            self._to_child.put(None)
-            self._writer.join()
-            self.process.close()
-            self._post(self._on_exit, self, exit_code)
-
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        # RuntimeError: the loop is closed, so nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(callback, *args)
-
-
-def _mark_retrieved(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class AsyncEngineClient:
     """An `LLMEngine` in a child process, restarted if it dies; one async stream per request.
 
@@ -165,8 +73,8 @@ class AsyncEngineClient:
         self._shutdown_timeout_s = shutdown_timeout_s
         # Times the engine process died unexpectedly and a restart began.
         self.num_restarts = 0
-        self._engine: _Incarnation | None = None
-        self._incarnations: list[_Incarnation] = []  # still running; joined at shutdown
+        self._engine: Incarnation | None = None
+        self._incarnations: list[Incarnation] = []  # still running; joined at shutdown
         self._ready = asyncio.Event()
         self._streams: dict[str, asyncio.Queue[RequestOutput | EngineError]] = {}
         # Requests whose consumer left early: aborted, final output not yet seen.
@@ -288,7 +196,7 @@ class AsyncEngineClient:
         Spawning runs on the loop: it is a fork-exec of a few milliseconds."""
         loop = asyncio.get_running_loop()
         self._incarnations = [i for i in self._incarnations if i.running]
-        engine = _Incarnation(EngineProcess(self.config), loop, self._on_message, self._on_exit)
+        engine = Incarnation(EngineProcess(self.config), loop, self._on_message, self._on_exit)
         self._incarnations.append(engine)
         self._engine = engine
         engine.start()
@@ -320,7 +228,7 @@ class AsyncEngineClient:
                 logger.info("engine restarted as process %s", self.pid)
                 return
 
-    async def _wait_ready(self) -> _Incarnation:
+    async def _wait_ready(self) -> Incarnation:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._ready_timeout_s
         while True:
@@ -338,7 +246,7 @@ class AsyncEngineClient:
                     f"{self._ready_timeout_s:g} s"
                 ) from None
 
-    def _on_message(self, engine: _Incarnation, msg: CoreOutput) -> None:
+    def _on_message(self, engine: Incarnation, msg: CoreOutput) -> None:
         if engine is not self._engine:
             return  # a process that was already given up on
         match msg:
@@ -367,7 +275,7 @@ class AsyncEngineClient:
             elif out.finished:
                 self._detached.discard(out.request_id)
 
-    def _on_exit(self, engine: _Incarnation, exit_code: int) -> None:
+    def _on_exit(self, engine: Incarnation, exit_code: int) -> None:
         if not engine.ready.done():
             detail = f": {engine.last_error}" if engine.last_error else ""
             engine.ready.set_exception(

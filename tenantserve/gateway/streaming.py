@@ -1,0 +1,153 @@
+"""A request's outputs from the engine, and the two ways they leave: collected into one
+response while the client stays connected, or as server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from tenantserve.engine.request import EngineRequest, FinishReason, RequestMetrics, RequestOutput
+from tenantserve.errors import EngineError, InvalidRequestError
+from tenantserve.gateway.engine_client import EngineClient
+from tenantserve.gateway.errors import ClientGone, api_error_from_engine
+from tenantserve.gateway.schemas import ErrorResponse, PromptTokensDetails, Usage
+
+
+class Generation:
+    """One request's output stream, started (so start-up errors become HTTP errors) and
+    accounted: the text and finish reason so far, and the final metrics."""
+
+    def __init__(self, request: EngineRequest, stream: AsyncIterator[RequestOutput]) -> None:
+        self.request = request
+        self.request_id = request.request_id
+        self._stream = stream
+        self._first: RequestOutput | None = None
+        self.num_completion_tokens = 0
+        self.metrics: RequestMetrics | None = None
+
+    @classmethod
+    async def start(cls, engine: EngineClient, request: EngineRequest) -> Generation:
+        """Submit the request and wait for its first output; raises what the engine raised."""
+        generation = cls(request, engine.generate(request))
+        try:
+            generation._first = await anext(generation._stream)
+        except BaseException:
+            await generation.aclose()
+            raise
+        return generation
+
+    async def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                yield self._account(first)
+                if first.finished:
+                    return
+            async for out in self._stream:
+                yield self._account(out)
+        finally:
+            await self.aclose()
+
+    async def collect(self) -> tuple[str, str | None]:
+        """The whole completion text and its OpenAI finish reason."""
+        parts, reason = [], None
+        async for out in self:
+            parts.append(out.text_delta)
+            if out.finished:
+                reason = openai_finish_reason(out.finish_reason)
+        return "".join(parts), reason
+
+    def usage(self) -> Usage:
+        m = self.metrics
+        prompt_tokens = m.num_prompt_tokens if m else len(self.request.prompt_token_ids)
+        completion_tokens = m.num_completion_tokens if m else self.num_completion_tokens
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(
+                cached_tokens=m.num_cached_tokens if m else 0
+            ),
+        )
+
+    async def aclose(self) -> None:
+        """Stop the stream; aborts the request in the engine if it has not finished."""
+        close: Callable[[], Awaitable[None]] | None = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+    def _account(self, out: RequestOutput) -> RequestOutput:
+        self.num_completion_tokens += len(out.new_token_ids)
+        if out.metrics is not None:
+            self.metrics = out.metrics
+        return out
+
+
+async def collect_while_connected(request: Request, outputs: Generation) -> tuple[str, str | None]:
+    """`outputs.collect()`, unless the client hangs up first: then the request is aborted
+    in the engine (rather than generating for nobody) and ClientGone is raised."""
+    collect = asyncio.ensure_future(outputs.collect())
+    hang_up = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((collect, hang_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hang_up.cancel()
+        collect.cancel()  # no-op once done
+        await asyncio.gather(collect, hang_up, return_exceptions=True)
+        await outputs.aclose()
+    if collect.cancelled():
+        raise ClientGone()
+    return collect.result()
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def openai_finish_reason(reason: FinishReason | None) -> str | None:
+    """The engine's finish reason as OpenAI spells it; None while unfinished."""
+    return None if reason is None else reason.value
+
+
+def sse(generation: Generation, chunks: AsyncGenerator[BaseModel, None]) -> Response:
+    """`chunks` as server-sent events ending in `[DONE]`; an error mid-stream goes in-band."""
+
+    async def events() -> AsyncGenerator[str, None]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {chunk.model_dump_json()}\n\n"
+        except (InvalidRequestError, EngineError) as e:
+            # The status line is gone already: report the error in-band, as OpenAI does.
+            error = api_error_from_engine(e)
+            yield f"data: {ErrorResponse(error=error.detail).model_dump_json()}\n\n"
+        finally:
+            await chunks.aclose()
+            await generation.aclose()
+        yield "data: [DONE]\n\n"
+
+    return _EventStream(events())
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events that close their source however the response ends (a client
+    that goes away included), so the engine aborts the request at once."""
+
+    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
