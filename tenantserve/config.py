@@ -82,6 +82,25 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class JwtConfig:
+    """JWT verification: HS256 secret and/or RS256 public key (PEM or JWKS file); none → no JWTs."""
+
+    audience: str = "tenantserve"
+    issuer: str | None = None
+    hs256_secret: str | None = field(default=None, repr=False)
+    rs256_public_key_file: Path | None = None
+    jwks_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Tenant credentials: API-key hashing pepper (HMAC-SHA256 when set) and JWT keys."""
+
+    api_key_pepper: str | None = field(default=None, repr=False)
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `tenantserve up` needs."""
 
@@ -95,6 +114,11 @@ class Settings:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Rate limits and concurrency counters: Redis when set, else in-process.
+    redis_url: str | None = None
+    # Metadata database (SQLAlchemy async URL); None: SQLite file in data_dir.
+    database_url: str | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -117,6 +141,11 @@ class Settings:
             s = replace(s, lora=replace(s.lora, max_cpu_loras=_int(v, "MAX_CPU_LORAS")))
         if v := env.get("TENANTSERVE_MAX_LORA_RANK"):
             s = replace(s, lora=replace(s.lora, max_lora_rank=_int(v, "MAX_LORA_RANK")))
+        if v := env.get("TENANTSERVE_REDIS_URL"):
+            s = replace(s, redis_url=v)
+        if v := env.get("TENANTSERVE_DATABASE_URL"):
+            s = replace(s, database_url=v)
+        s = replace(s, auth=_auth_from_env(s.auth, env))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
 
@@ -129,6 +158,23 @@ class Settings:
             scheduler=self.scheduler,
             lora=self.lora,
         )
+
+
+def _auth_from_env(auth: AuthConfig, env: Mapping[str, str]) -> AuthConfig:
+    if v := env.get("TENANTSERVE_API_KEY_PEPPER"):
+        auth = replace(auth, api_key_pepper=v)
+    jwt = auth.jwt
+    if v := env.get("TENANTSERVE_JWT_AUDIENCE"):
+        jwt = replace(jwt, audience=v)
+    if v := env.get("TENANTSERVE_JWT_ISSUER"):
+        jwt = replace(jwt, issuer=v)
+    if v := env.get("TENANTSERVE_JWT_HS256_SECRET"):
+        jwt = replace(jwt, hs256_secret=v)
+    if v := env.get("TENANTSERVE_JWT_PUBLIC_KEY_FILE"):
+        jwt = replace(jwt, rs256_public_key_file=Path(v))
+    if v := env.get("TENANTSERVE_JWT_JWKS_FILE"):
+        jwt = replace(jwt, jwks_file=Path(v))
+    return replace(auth, jwt=jwt)
 
 
 def _int(value: str, name: str) -> int:

@@ -1,0 +1,1 @@
+"""The metadata database: async engine, sessions, Alembic migrations."""

@@ -1,0 +1,1 @@
+"""Tenants, API keys, JWT auth and the TenantContext every request carries."""
