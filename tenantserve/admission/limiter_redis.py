@@ -1,0 +1,278 @@
+"""Redis rate limiter: one Lua script per decision, shared by every gateway process.
+
+Keys per tenant (the `{tenant}` braces are a Redis Cluster hash tag, so one script
+touches one slot): `<prefix>:{tenant}:rpm` and `<prefix>:{tenant}:tpm` hold GCRA
+TATs and expire when the TAT passes, so idle tenants vanish; `<prefix>:{tenant}:inflight`
+is a sorted set of in-flight request ids scored by when their slot expires, so a
+crashed gateway's slots free themselves after `LimiterPolicy.slot_ttl_s`. The clock
+is Redis's `TIME`, so processes on different hosts agree.
+
+When Redis cannot be reached the tier's policy decides: fail open admits with a
+`degraded` reservation, fail closed rejects with "limiter_unavailable". The outage is
+logged once, and `reserve` does not call Redis again until `unavailable_retry_after_s`
+passes (`commit` always tries: a lost commit holds its slot for `slot_ttl_s`). A
+decision that waits longer than `store_timeout_s` for one of the process's
+`max_connections` connections gets the same policy, without marking Redis down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from tenantserve.admission.limiter import (
+    EPSILON_S,
+    WINDOW_S,
+    Admit,
+    Reject,
+    RejectReason,
+    Reservation,
+    check_cost,
+)
+from tenantserve.admission.limits import LimiterPolicy, RateLimits
+from tenantserve.tiers import Tier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEY_PREFIX = "ts:rl"
+
+# KEYS: rpm TAT, tpm TAT, in-flight zset.
+# ARGV: rpm limit, tpm limit, max concurrent, tokens, request id, slot ttl s,
+#       concurrency retry-after s, window s, epsilon s.
+# Returns {"admit", reserved tokens} or {"reject", reason, retry-after s} (strings:
+# Lua numbers would be truncated to integers on the way out).
+_RESERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm_limit, tpm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local max_concurrent, tokens = tonumber(ARGV[3]), tonumber(ARGV[4])
+local request_id, slot_ttl = ARGV[5], tonumber(ARGV[6])
+local concurrency_retry, window, eps = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZSCORE', KEYS[3], request_id) then
+  return {'held'}
+end
+
+local function gcra(key, cost, limit)
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + cost * window / limit
+  return new_tat, new_tat - window - now
+end
+local rpm_tat, rpm_wait = gcra(KEYS[1], 1, rpm_limit)
+local tpm_tat, tpm_wait = gcra(KEYS[2], tokens, tpm_limit)
+
+local reason, retry = false, 0
+if rpm_wait > eps then reason, retry = 'requests_per_minute', rpm_wait end
+if tpm_wait > eps then
+  reason = reason or 'tokens_per_minute'
+  retry = math.max(retry, tpm_wait)
+end
+if redis.call('ZCARD', KEYS[3]) >= max_concurrent then
+  reason = reason or 'concurrency'
+  retry = math.max(retry, concurrency_retry)
+end
+if reason then
+  return {'reject', reason, string.format('%.6f', retry)}
+end
+
+local function store(key, tat)
+  local ttl_ms = math.ceil((tat - now) * 1000)
+  if ttl_ms > 0 then
+    redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl_ms)
+  else
+    redis.call('DEL', key)
+  end
+end
+store(KEYS[1], rpm_tat)
+store(KEYS[2], tpm_tat)
+redis.call('ZADD', KEYS[3], now + slot_ttl, request_id)
+redis.call('PEXPIRE', KEYS[3], math.ceil(slot_ttl * 1000))
+return {'admit'}
+"""
+
+# KEYS: tpm TAT, in-flight zset. ARGV: request id, refund tokens (may be negative),
+# tpm limit, window s. Returns 1 if the slot was held (and refunded), 0 if not.
+_COMMIT_LUA = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+tat = tat - tonumber(ARGV[2]) * tonumber(ARGV[4]) / tonumber(ARGV[3])
+local ttl_ms = math.ceil((tat - now) * 1000)
+if ttl_ms > 0 then
+  redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', ttl_ms)
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+
+class RedisRateLimiter:
+    """GCRA and in-flight slots in Redis, one atomic script round trip per call.
+
+    A client passed in should have short timeouts and no retries (redis-py's default
+    retries for seconds); `from_url` builds one from the policy.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        policy: LimiterPolicy | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        owns_client: bool = False,
+    ) -> None:
+        self._client = client
+        self._policy = policy or LimiterPolicy()
+        self._prefix = key_prefix
+        self._owns_client = owns_client
+        self._reserve = client.register_script(_RESERVE_LUA)
+        self._commit = client.register_script(_COMMIT_LUA)
+        # Bounds the calls in flight to the connections there are; the rest queue here.
+        self._connections = asyncio.Semaphore(self._policy.max_connections)
+        # monotonic time until which Redis is considered down and not called; None: up.
+        self._down_until_s: float | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str, policy: LimiterPolicy | None = None, key_prefix: str = DEFAULT_KEY_PREFIX
+    ) -> RedisRateLimiter:
+        """A limiter with its own client: short timeouts, no retries (the policy decides)."""
+        policy = policy or LimiterPolicy()
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=policy.max_connections,
+            timeout=policy.store_timeout_s,
+            socket_timeout=policy.store_timeout_s,
+            socket_connect_timeout=policy.store_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        return cls(client, policy, key_prefix, owns_client=True)
+
+    def keys(self, tenant_id: str) -> tuple[str, str, str]:
+        """The tenant's rpm TAT, tpm TAT and in-flight keys."""
+        base = f"{self._prefix}:{{{tenant_id}}}"
+        return f"{base}:rpm", f"{base}:tpm", f"{base}:inflight"
+
+    async def reserve(
+        self, tenant_id: str, tier: Tier, limits: RateLimits, tokens: int, request_id: str
+    ) -> Admit | Reject:
+        """Take 1 request, `tokens` tokens and one slot atomically, or nothing and a Reject."""
+        if (rejected := check_cost(limits, tokens)) is not None:
+            return rejected
+        reservation = Reservation(tenant_id, tier, limits, request_id, tokens)
+        if self._is_down():
+            return self._unavailable(reservation)
+        policy = self._policy
+        try:
+            if self._connections.locked():  # all connections busy: queue, but not for long
+                async with asyncio.timeout(policy.store_timeout_s):
+                    await self._connections.acquire()
+            else:
+                await self._connections.acquire()
+        except TimeoutError:
+            log.debug("rate limiter saturated: no connection within %.3f s", policy.store_timeout_s)
+            return self._unavailable(reservation)
+        try:
+            result = await self._reserve(
+                keys=self.keys(tenant_id),
+                args=[
+                    limits.requests_per_minute,
+                    limits.tokens_per_minute,
+                    limits.max_concurrent,
+                    tokens,
+                    request_id,
+                    policy.slot_ttl_s,
+                    policy.concurrency_retry_after_s,
+                    WINDOW_S,
+                    EPSILON_S,
+                ],
+            )
+        except (RedisError, OSError) as e:
+            self._mark_down(e)
+            return self._unavailable(reservation)
+        finally:
+            self._connections.release()
+        self._mark_up()
+        if result[0] == b"reject":
+            reason: RejectReason = result[1].decode()
+            return Reject(reason, float(result[2]))
+        # "held": the request_id is already in flight (e.g. a retried reserve); its
+        # slot and tokens were taken by the first call.
+        return Admit(reservation)
+
+    async def commit(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Free the slot and refund `reserved - actual` tokens; a second commit is a no-op.
+
+        Using more than reserved charges the difference. A commit after the slot
+        expired (`slot_ttl_s`) and was swept finds nothing to free and refunds nothing.
+
+        If Redis is unreachable the refund is dropped and the slot frees itself after
+        `slot_ttl_s`; a commit never raises.
+        """
+        if reservation.degraded:
+            return
+        _, tpm_key, inflight_key = self.keys(reservation.tenant_id)
+        try:
+            async with self._connections:
+                await self._commit(
+                    keys=[tpm_key, inflight_key],
+                    args=[
+                        reservation.request_id,
+                        reservation.reserved_tokens - actual_tokens,
+                        reservation.limits.tokens_per_minute,
+                        WINDOW_S,
+                    ],
+                )
+        except (RedisError, OSError) as e:
+            self._mark_down(e)
+            return
+        self._mark_up()
+
+    async def close(self) -> None:
+        """Close the client if this limiter created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _unavailable(self, reservation: Reservation) -> Admit | Reject:
+        if self._policy.fails_open(reservation.tier):
+            return Admit(
+                Reservation(
+                    reservation.tenant_id,
+                    reservation.tier,
+                    reservation.limits,
+                    reservation.request_id,
+                    reservation.reserved_tokens,
+                    degraded=True,
+                )
+            )
+        return Reject("limiter_unavailable", self._policy.unavailable_retry_after_s)
+
+    def _is_down(self) -> bool:
+        return self._down_until_s is not None and time.monotonic() < self._down_until_s
+
+    def _mark_down(self, error: BaseException) -> None:
+        if self._down_until_s is None:
+            log.warning(
+                "rate limiter store unreachable, applying per-tier fail-open/closed policy: %r",
+                error,
+            )
+        self._down_until_s = time.monotonic() + self._policy.unavailable_retry_after_s
+
+    def _mark_up(self) -> None:
+        if self._down_until_s is not None:
+            log.warning("rate limiter store reachable again")
+            self._down_until_s = None
