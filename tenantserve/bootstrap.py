@@ -1,4 +1,5 @@
-"""The composition root: settings -> model directory -> engine client -> HTTP app.
+"""The composition root: settings -> model directory -> engine client -> HTTP app;
+settings -> database -> tenancy service; the admin token.
 
 Nothing else builds engines or apps; tests call `build_service` with their own settings
 (a tiny model, a small KV cache) and get the same wiring `tenantserve up` serves.
@@ -6,6 +7,8 @@ Nothing else builds engines or apps; tests call `build_service` with their own s
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,52 @@ from tenantserve.engine.models.convert import ensure_default_model
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.gateway.app import ServedModel, create_app
 from tenantserve.gateway.engine_client import EngineClient
+from tenantserve.storage.database import Database, database_url
+from tenantserve.storage.migrations import migrate
+from tenantserve.tenancy.jwt_auth import JwtVerifier
+from tenantserve.tenancy.keys import ApiKeyHasher
+from tenantserve.tenancy.service import TenancyService
+from tenantserve.tenancy.unit_of_work import UnitOfWork
+
+ADMIN_TOKEN_FILE = "admin_token"
+
+
+@dataclass(frozen=True)
+class Tenancy:
+    """The metadata database and the tenancy use cases over it."""
+
+    db: Database
+    service: TenancyService
+
+
+async def open_tenancy(settings: Settings) -> Tenancy:
+    """Open the database (SQLite in the data dir unless a URL is configured), migrate it
+    to head, and build the tenancy service. Call `tenancy.db.dispose()` when done."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(database_url(settings))
+    await migrate(db.url)
+    service = TenancyService(
+        lambda: UnitOfWork(db.sessionmaker),
+        ApiKeyHasher(settings.auth.api_key_pepper),
+        JwtVerifier(settings.auth.jwt),
+    )
+    return Tenancy(db=db, service=service)
+
+
+def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
+    """The admin API's bearer token: TENANTSERVE_ADMIN_TOKEN if set, else the one kept in
+    `data_dir/admin_token` (created, mode 0600, on first use). Returns (token, created)."""
+    if settings.admin_token:
+        return settings.admin_token, False
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    if path.is_file():
+        return path.read_text().strip(), False
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = "tsadm-" + secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,10 @@ class Settings:
     # Metadata database (SQLAlchemy async URL); None: SQLite file in data_dir.
     database_url: str | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # Bearer token of the admin API; None: generated once and kept in data_dir/admin_token.
+    admin_token: str | None = field(default=None, repr=False)
+    # Largest accepted request body (413 above it).
+    max_body_bytes: int = 4 << 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -145,6 +149,10 @@ class Settings:
             s = replace(s, redis_url=v)
         if v := env.get("TENANTSERVE_DATABASE_URL"):
             s = replace(s, database_url=v)
+        if v := env.get("TENANTSERVE_ADMIN_TOKEN"):
+            s = replace(s, admin_token=v)
+        if v := env.get("TENANTSERVE_MAX_BODY_BYTES"):
+            s = replace(s, max_body_bytes=_int(v, "MAX_BODY_BYTES"))
         s = replace(s, auth=_auth_from_env(s.auth, env))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
