@@ -117,7 +117,8 @@ class ModelRunner:
             token_slots.append(seq.lora_slot)
 
         decode_table = decode_mask = context_lens = None
-        if decodes and self.decode_kernel is not None:
+        if decodes:
+            # A decoding sequence's blocks cover exactly its tokens, this step's included.
             max_blocks = max(len(item.seq.block_ids) for item in decodes)
             table = [
                 item.seq.block_ids + [0] * (max_blocks - len(item.seq.block_ids))
@@ -125,20 +126,13 @@ class ModelRunner:
             ]
             decode_table = torch.tensor(table, dtype=torch.long, device=self.device)
             context_lens = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        elif decodes:
-            max_blocks = max(-(-n // bs) for n in lengths)
-            table = [
-                item.seq.block_ids[: -(-n // bs)] + [0] * (max_blocks - -(-n // bs))
-                for item, n in zip(decodes, lengths, strict=True)
-            ]
-            decode_table = torch.tensor(table, dtype=torch.long, device=self.device)
-            span = torch.arange(max_blocks * bs, device=self.device)
-            lens = torch.tensor(lengths, device=self.device)
-            decode_mask = torch.zeros(
-                len(decodes), max_blocks * bs, dtype=self.dtype, device=self.device
-            )
-            decode_mask.masked_fill_(span[None, :] >= lens[:, None], float("-inf"))
-            decode_mask = decode_mask.view(len(decodes), 1, 1, -1)
+            if self.decode_kernel is None:  # SDPA over the padded gather needs a mask
+                span = torch.arange(max_blocks * bs, device=self.device)
+                decode_mask = torch.zeros(
+                    len(decodes), max_blocks * bs, dtype=self.dtype, device=self.device
+                )
+                decode_mask.masked_fill_(span[None, :] >= context_lens[:, None], float("-inf"))
+                decode_mask = decode_mask.view(len(decodes), 1, 1, -1)
 
         spans: list[PrefillSpan] = []
         for item in prefills:

@@ -229,3 +229,13 @@ def test_smollm2_greedy_chat_equals_transformers(smollm2_dir: Path) -> None:
         assert ours[f"q{i}"].tokens == expected[: len(ours[f"q{i}"].tokens)]
         assert len(ours[f"q{i}"].tokens) == len(expected)
     assert "Paris" in ours["q0"].text
+
+
+def test_sdpa_and_kernel_decode_attention_give_the_same_tokens(config: EngineConfig) -> None:
+    prompts = {f"r{i}": prompt(i, n) for i, n in enumerate([3, 18, 40, 65])}
+    outs = {}
+    for backend in ("sdpa", "kernel"):
+        engine = LLMEngine(replace(config, decode_attention=backend))
+        results = run_all(engine, [req(rid, p, max_tokens=20) for rid, p in prompts.items()])
+        outs[backend] = {rid: r.tokens for rid, r in results.items()}
+    assert outs["sdpa"] == outs["kernel"]
