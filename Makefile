@@ -28,8 +28,9 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# --demo: one tenant per tier, their API keys printed (the same ones on every run).
 up: install
-	$(VENV)/bin/tenantserve up --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+	$(VENV)/bin/tenantserve up --demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
 lint: install-dev
 	$(VENV)/bin/ruff format --check tenantserve tests bench

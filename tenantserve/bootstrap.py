@@ -1,5 +1,7 @@
-"""The composition root: settings -> model directory -> engine client -> HTTP app;
-settings -> database -> tenancy service; the admin token.
+"""The composition root: settings -> model directory -> engine client; settings ->
+database -> tenancy service; the rate limiter, the fair queue and the admin token; all
+of them -> the HTTP app (`Gateway`), whose lifespan migrates the database, starts the
+engine, and closes everything in reverse at shutdown.
 
 Nothing else builds engines or apps; tests call `build_service` with their own settings
 (a tiny model, a small KV cache) and get the same wiring `tenantserve up` serves.
@@ -9,19 +11,23 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
 
+from tenantserve.admission import LimiterPolicy, RateLimiter, create_rate_limiter
+from tenantserve.admission.policy import PolicyConfig
 from tenantserve.config import Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.models.checkpoint import read_config
 from tenantserve.engine.models.convert import ensure_default_model
 from tenantserve.engine.tokenizer import Tokenizer
-from tenantserve.gateway.app import ServedModel, create_app
+from tenantserve.gateway.app import Gateway, ServedModel, create_app
 from tenantserve.gateway.engine_client import EngineClient
+from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
 from tenantserve.storage.database import Database, database_url
 from tenantserve.storage.migrations import migrate
 from tenantserve.tenancy.jwt_auth import JwtVerifier
@@ -40,18 +46,25 @@ class Tenancy:
     service: TenancyService
 
 
-async def open_tenancy(settings: Settings) -> Tenancy:
-    """Open the database (SQLite in the data dir unless a URL is configured), migrate it
-    to head, and build the tenancy service. Call `tenancy.db.dispose()` when done."""
+def build_tenancy(settings: Settings) -> Tenancy:
+    """The database handle (SQLite in the data dir unless a URL is configured) and the
+    tenancy service over it; connects to nothing and migrates nothing yet."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(database_url(settings))
-    await migrate(db.url)
     service = TenancyService(
         lambda: UnitOfWork(db.sessionmaker),
         ApiKeyHasher(settings.auth.api_key_pepper),
         JwtVerifier(settings.auth.jwt),
     )
     return Tenancy(db=db, service=service)
+
+
+async def open_tenancy(settings: Settings) -> Tenancy:
+    """`build_tenancy`, with the database migrated to head. Call `tenancy.db.dispose()`
+    when done."""
+    tenancy = build_tenancy(settings)
+    await migrate(tenancy.db.url)
+    return tenancy
 
 
 def ensure_admin_token(settings: Settings) -> tuple[str, bool]:
@@ -79,6 +92,9 @@ class Service:
     model: ServedModel
     engine: EngineClient
     app: FastAPI
+    tenancy: Tenancy
+    limiter: RateLimiter
+    queue: FairQueue
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -100,16 +116,50 @@ def load_served_model(model_dir: Path) -> ServedModel:
 
 
 def build_service(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> Service:
-    """Wire the service; the engine process starts with the app's lifespan (which then
-    calls `on_ready`), not here."""
+    """Wire the service; the database is migrated and the engine process started by the
+    app's lifespan (which then calls `on_ready`), not here."""
     model_dir = resolve_model_dir(settings)
     model = load_served_model(model_dir)
     engine = AsyncEngineClient(settings.engine_config(model_dir))
+    tenancy = build_tenancy(settings)
+    limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
+    queue = FairQueue(FairQueueConfig(max_in_flight=settings.scheduler.max_num_seqs))
+    admin_token, _ = ensure_admin_token(settings)
+    gateway = Gateway(
+        engine=engine,
+        model=model,
+        tenancy=tenancy.service,
+        limiter=limiter,
+        queue=queue,
+        admin_token=admin_token,
+        region=settings.region,
+        max_body_bytes=settings.max_body_bytes,
+        auth_cache_ttl_s=settings.auth_cache_ttl_s,
+        policy=PolicyConfig(),
+    )
+
+    @asynccontextmanager
+    async def resources() -> AsyncIterator[None]:
+        await migrate(tenancy.db.url)
+        try:
+            yield
+        finally:
+            await limiter.close()
+            await tenancy.db.dispose()
 
     def ready() -> None:
         if on_ready is not None:
             on_ready(service)
 
-    app = create_app(engine, model, on_ready=ready)
-    service = Service(settings=settings, model_dir=model_dir, model=model, engine=engine, app=app)
+    app = create_app(gateway, on_ready=ready, resources=resources)
+    service = Service(
+        settings=settings,
+        model_dir=model_dir,
+        model=model,
+        engine=engine,
+        app=app,
+        tenancy=tenancy,
+        limiter=limiter,
+        queue=queue,
+    )
     return service

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tenantserve.errors import ConfigError
+from tenantserve.tenancy.model import Region
 from tenantserve.tiers import Tier
 
 DEFAULT_DATA_DIR = Path(".tenantserve")
@@ -123,6 +124,10 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     # Largest accepted request body (413 above it).
     max_body_bytes: int = 4 << 20
+    # Region of this deployment's pools; tenants of another region are refused (403).
+    region: Region = Region.US
+    # How long an authenticated credential is trusted without asking the database again.
+    auth_cache_ttl_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -153,6 +158,8 @@ class Settings:
             s = replace(s, admin_token=v)
         if v := env.get("TENANTSERVE_MAX_BODY_BYTES"):
             s = replace(s, max_body_bytes=_int(v, "MAX_BODY_BYTES"))
+        if v := env.get("TENANTSERVE_REGION"):
+            s = replace(s, region=_region(v))
         s = replace(s, auth=_auth_from_env(s.auth, env))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
@@ -183,6 +190,14 @@ def _auth_from_env(auth: AuthConfig, env: Mapping[str, str]) -> AuthConfig:
     if v := env.get("TENANTSERVE_JWT_JWKS_FILE"):
         jwt = replace(jwt, jwks_file=Path(v))
     return replace(auth, jwt=jwt)
+
+
+def _region(value: str) -> Region:
+    try:
+        return Region(value)
+    except ValueError:
+        choices = ", ".join(r.value for r in Region)
+        raise ConfigError(f"TENANTSERVE_REGION must be one of {choices}, got {value!r}") from None
 
 
 def _int(value: str, name: str) -> int:

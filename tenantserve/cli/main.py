@@ -1,4 +1,5 @@
-"""`tenantserve up` serves the OpenAI-compatible API; `tenantserve chat` talks to the model.
+"""`tenantserve up` serves the OpenAI-compatible API; `tenantserve chat` talks to the model;
+`tenantserve tenant ...` and `tenantserve key ...` (in `tenants.py`) administer tenants.
 
 Flags override `TENANTSERVE_*` environment variables, which override the defaults
 (see `tenantserve.config`).
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
 import typer
 
+from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
+from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.config import Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.request import EngineRequest, SamplingParams
@@ -25,6 +28,7 @@ from tenantserve.errors import InvalidRequestError, TenantServeError
 
 if TYPE_CHECKING:
     from tenantserve.bootstrap import Service
+    from tenantserve.cli.demo import DemoTenant
 
 app = typer.Typer(
     name="tenantserve",
@@ -32,6 +36,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(tenant_app)
+app.add_typer(key_app)
 
 DataDirOption = Annotated[
     Path | None,
@@ -55,21 +61,41 @@ def up(
         str | None,
         typer.Option(help="fp32, bf16 or int8 weights (default fp32).", show_default=False),
     ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Create demo tenants (one per tier, region us) if missing and print their "
+            "API keys (the same ones every run; kept in the data dir's demo_keys.json).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the model over HTTP (OpenAI-compatible), converting the default model on first run."""
     import uvicorn
 
-    from tenantserve.bootstrap import build_service
+    from tenantserve.bootstrap import build_service, ensure_admin_token
 
     try:
         settings = Settings.from_env(
             host=host, port=port, data_dir=data_dir, device=device, quantization=quantization
         )
-        service = build_service(settings, on_ready=_print_banner)
+        admin_line = _admin_token_line(settings, *ensure_admin_token(settings))
+        demos = asyncio.run(_demo_tenants(settings)) if demo else []
+        service = build_service(settings, on_ready=lambda s: _print_banner(s, admin_line, demos))
     except TenantServeError as e:
         _fail(e)
+    except CommandError as e:
+        _err(f"error: {e}")
+        raise typer.Exit(code=e.exit_code) from None
     _err(f"starting the engine for {service.model.name} on {settings.device}")
     uvicorn.run(service.app, host=settings.host, port=settings.port, log_level="info")
+
+
+async def _demo_tenants(settings: Settings) -> list[DemoTenant]:
+    from tenantserve.cli.demo import ensure_demo_tenants
+
+    async with open_direct_tenancy(settings) as service:
+        return await ensure_demo_tenants(service, settings.data_dir)
 
 
 @app.command()
@@ -177,20 +203,63 @@ class _StdinLines:
         return await self._queue.get()
 
 
-def _print_banner(service: Service) -> None:
+def _admin_token_line(settings: Settings, token: str, created: bool) -> str:
+    """What `up` says about the admin token: the token itself only when just created."""
+    from tenantserve.bootstrap import ADMIN_TOKEN_FILE
+
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    if created:
+        return f"admin token (new; kept in {path}, mode 0600): {token}"
+    if settings.admin_token:
+        return "admin token: the value of TENANTSERVE_ADMIN_TOKEN"
+    return f"admin token: in {path}"
+
+
+def _print_banner(service: Service, admin_line: str, demos: list[DemoTenant]) -> None:
     settings, model_name = service.settings, service.model.name
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
     body = json.dumps(
         {"model": model_name, "messages": [{"role": "user", "content": "Say hello in French."}]}
     )
-    print(
-        f"\ntenantserve is serving {model_name} at {base}/v1\n\n"
-        f"try it:\n"
-        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"    -d {shlex.quote(body)}\n",
-        flush=True,
-    )
+    lines = [f"\ntenantserve is serving {model_name} at {base}/v1", "", admin_line, ""]
+    if demos:
+        lines += _demo_table(settings, demos)
+    standard = next((d for d in demos if d.name == "demo-standard"), None)
+    if standard is not None:
+        auth = shlex.quote(f"Authorization: Bearer {standard.api_key}")
+    else:
+        lines += [
+            "make a tenant and a key (or run `tenantserve up --demo`):",
+            "  tenantserve tenant create --name NAME --tier standard --region us",
+            "  tenantserve key create --tenant <its id>; export API_KEY=<the key>",
+            "",
+        ]
+        auth = '"Authorization: Bearer $API_KEY"'
+    lines += [
+        "try it:",
+        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"    -H {auth} \\",
+        f"    -d {shlex.quote(body)}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _demo_table(settings: Settings, demos: list[DemoTenant]) -> list[str]:
+    from tenantserve.cli.demo import DEMO_KEYS_FILE, DEMO_REGION
+
+    rows = [("name", "tier", "tenant id", "API key")]
+    rows += [(d.name, d.tier, d.tenant_id, d.api_key) for d in demos]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return [
+        f"demo tenants (region {DEMO_REGION}; keys kept in {settings.data_dir / DEMO_KEYS_FILE}):",
+        *(
+            "  " + "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[3]])
+            for row in rows
+        ),
+        "",
+    ]
 
 
 def _err(message: str) -> None:

@@ -17,23 +17,36 @@ from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.errors import ClientGone, api_error_from_engine
 from tenantserve.gateway.schemas import ErrorResponse, PromptTokensDetails, Usage
 
+OnClose = Callable[["Generation"], Awaitable[None]]
+
 
 class Generation:
     """One request's output stream, started (so start-up errors become HTTP errors) and
-    accounted: the text and finish reason so far, and the final metrics."""
+    accounted: the text and finish reason so far, and the final metrics. `on_close` runs
+    exactly once when the stream is closed, however it ends (the slot and rate-limit
+    bookkeeping hang on it)."""
 
-    def __init__(self, request: EngineRequest, stream: AsyncIterator[RequestOutput]) -> None:
+    def __init__(
+        self,
+        request: EngineRequest,
+        stream: AsyncIterator[RequestOutput],
+        on_close: OnClose | None = None,
+    ) -> None:
         self.request = request
         self.request_id = request.request_id
         self._stream = stream
         self._first: RequestOutput | None = None
+        self._on_close = on_close
         self.num_completion_tokens = 0
         self.metrics: RequestMetrics | None = None
 
     @classmethod
-    async def start(cls, engine: EngineClient, request: EngineRequest) -> Generation:
-        """Submit the request and wait for its first output; raises what the engine raised."""
-        generation = cls(request, engine.generate(request))
+    async def start(
+        cls, engine: EngineClient, request: EngineRequest, on_close: OnClose | None = None
+    ) -> Generation:
+        """Submit the request and wait for its first output; raises what the engine raised
+        (after closing, so `on_close` has run)."""
+        generation = cls(request, engine.generate(request), on_close)
         try:
             generation._first = await anext(generation._stream)
         except BaseException:
@@ -76,10 +89,16 @@ class Generation:
         )
 
     async def aclose(self) -> None:
-        """Stop the stream; aborts the request in the engine if it has not finished."""
+        """Stop the stream (aborting the request in the engine if it has not finished), then
+        run `on_close` if it has not run yet."""
         close: Callable[[], Awaitable[None]] | None = getattr(self._stream, "aclose", None)
-        if close is not None:
-            await close()
+        try:
+            if close is not None:
+                await close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                await on_close(self)
 
     def _account(self, out: RequestOutput) -> RequestOutput:
         self.num_completion_tokens += len(out.new_token_ids)

@@ -8,72 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import pytest_asyncio
-import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 
-from tenantserve.bootstrap import Service, build_service
-from tenantserve.config import CacheConfig, Settings
-from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.admission import LocalRateLimiter
+from tenantserve.bootstrap import open_tenancy
 from tenantserve.engine.request import EngineRequest, RequestOutput
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import EngineDeadError
-from tenantserve.gateway.app import ServedModel, create_app
+from tenantserve.gateway.app import Gateway, ServedModel, create_app
+from tenantserve.scheduling import FairQueue
+from tests.helpers.server import ADMIN_TOKEN, Running, add_tenant, server_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 HELLO_TEXT = "Say hello to the whole wide world, please."
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": HELLO_TEXT}]
-
-
-@dataclass(frozen=True)
-class Running:
-    url: str
-    service: Service
-
-    @property
-    def model(self) -> str:
-        return self.service.model.name
-
-    @property
-    def engine(self) -> AsyncEngineClient:
-        assert isinstance(self.service.engine, AsyncEngineClient)
-        return self.service.engine
-
-    def sdk(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
-
-    def http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=60)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def running(tiny_model_dir: Path) -> AsyncIterator[Running]:
-    settings = Settings(
-        model_dir=tiny_model_dir, cache=replace(CacheConfig(), kv_cache_bytes=16 << 20)
-    )
-    service = build_service(settings)
-    config = uvicorn.Config(service.app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(120):
-        while not server.started:
-            if task.done():
-                task.result()  # start-up failed: raise its error
-                pytest.fail("the server stopped during start-up")
-            await asyncio.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield Running(url=f"http://127.0.0.1:{port}", service=service)
-    server.should_exit = True
-    await task
+REQUEST_ID = re.compile(r"req_[0-9a-f]{32}")
 
 
 def _assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -85,10 +44,43 @@ def _assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any
 
 
 async def test_health_and_models_list_the_served_model(running: Running) -> None:
-    async with running.http() as http:
+    async with running.http(key="") as http:
         assert (await http.get("/health")).json() == {"status": "ok"}
     models = await running.sdk().models.list()
     assert [m.id for m in models.data] == [running.model]
+    card = await running.sdk().models.retrieve(running.model)
+    assert card.id == running.model
+
+
+async def test_every_response_carries_its_request_id_and_a_completion_id_contains_it(
+    running: Running,
+) -> None:
+    body = {"model": running.model, "messages": HELLO, "max_tokens": 2, "user": "end-user-42"}
+    async with running.http() as http:
+        ok = await http.post("/v1/chat/completions", json=body)
+        assert ok.status_code == 200, ok.text
+        rid = ok.headers["x-request-id"]
+        assert REQUEST_ID.fullmatch(rid)
+        assert ok.json()["id"] == f"chatcmpl-{rid}"
+        text = await http.post("/v1/completions", json={**body, "prompt": "Hi"})
+        assert text.json()["id"] == f"cmpl-{text.headers['x-request-id']}"
+        async with http.stream(
+            "POST", "/v1/chat/completions", json={**body, "stream": True}
+        ) as streamed:
+            events = [line async for line in streamed.aiter_lines() if line.startswith("data: {")]
+            rid = streamed.headers["x-request-id"]
+        assert all(json.loads(e[6:])["id"] == f"chatcmpl-{rid}" for e in events)
+        responses = [
+            await http.get("/health"),
+            await http.get("/v1/models"),
+            await http.get("/v1/nothing-here"),
+            await http.post("/v1/chat/completions", content=b"{not json"),
+        ]
+    async with running.http(key="") as anonymous:
+        responses.append(await anonymous.get("/v1/models"))
+    ids = [r.headers["x-request-id"] for r in responses]
+    assert [r.status_code for r in responses] == [200, 200, 404, 400, 401]
+    assert all(REQUEST_ID.fullmatch(i) for i in ids) and len(set(ids)) == len(ids)
 
 
 async def test_chat_completion_returns_text_and_usage(running: Running) -> None:
@@ -209,7 +201,8 @@ async def test_unknown_model_is_a_404(running: Running) -> None:
         ({"messages": HELLO, "n": 2}, "n"),
         ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": HELLO, "stream": "maybe"}, "stream"),
-        ({"messages": HELLO, "max_tokens": 100_000}, "messages"),  # context window exceeded
+        ({"messages": HELLO, "max_tokens": 100_000}, "max_tokens"),  # above the tier's cap
+        ({"messages": HELLO, "max_tokens": 1_000}, "max_tokens"),  # context window exceeded
     ],
 )
 async def test_bad_chat_input_is_a_400_in_openai_shape(
@@ -280,7 +273,7 @@ async def test_a_client_leaving_mid_stream_frees_the_request(running: Running) -
 
 async def test_a_client_timing_out_on_a_whole_answer_frees_the_request(running: Running) -> None:
     body = {"model": running.model, "prompt": "Count forever:", "max_tokens": 900, "temperature": 0}
-    async with httpx.AsyncClient(base_url=running.url, timeout=1.0) as http:
+    async with running.http(timeout=1.0) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post("/v1/completions", json=body)
     async with asyncio.timeout(5):
@@ -309,23 +302,43 @@ class _DyingEngine:
         pass
 
 
-def _app_with(engine: _DyingEngine, tiny_model_dir: Path) -> httpx.AsyncClient:
-    model = ServedModel("fake", Tokenizer(tiny_model_dir), max_context_tokens=1024)
-    transport = httpx.ASGITransport(app=create_app(engine, model))
-    return httpx.AsyncClient(transport=transport, base_url="http://test")
+@asynccontextmanager
+async def _app_with(
+    engine: _DyingEngine, tiny_model_dir: Path, data_dir: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process (no lifespan: the engine needs no start) with one tenant."""
+    tenancy = await open_tenancy(server_settings(data_dir, tiny_model_dir))
+    try:
+        tenant = await add_tenant(tenancy.service, "acme")
+        gateway = Gateway(
+            engine=engine,
+            model=ServedModel("fake", Tokenizer(tiny_model_dir), max_context_tokens=1024),
+            tenancy=tenancy.service,
+            limiter=LocalRateLimiter(),
+            queue=FairQueue(),
+            admin_token=ADMIN_TOKEN,
+        )
+        transport = httpx.ASGITransport(app=create_app(gateway))
+        headers = {"Authorization": f"Bearer {tenant.key}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", headers=headers
+        ) as http:
+            yield http
+    finally:
+        await tenancy.db.dispose()
 
 
-async def test_an_engine_death_before_output_is_a_503(tiny_model_dir: Path) -> None:
-    async with _app_with(_DyingEngine(num_tokens=0), tiny_model_dir) as http:
+async def test_an_engine_death_before_output_is_a_503(tiny_model_dir: Path, tmp_path: Path) -> None:
+    async with _app_with(_DyingEngine(num_tokens=0), tiny_model_dir, tmp_path) as http:
         body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
         error = _assert_openai_error(await http.post("/v1/chat/completions", json=body), 503)
         assert error["type"] == "server_error"
 
 
 async def test_an_engine_death_mid_stream_ends_the_stream_with_an_error_event(
-    tiny_model_dir: Path,
+    tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    async with _app_with(_DyingEngine(num_tokens=2), tiny_model_dir) as http:
+    async with _app_with(_DyingEngine(num_tokens=2), tiny_model_dir, tmp_path) as http:
         body = {"model": "fake", "prompt": "hi", "stream": True}
         response = await http.post("/v1/completions", json=body)
     assert response.status_code == 200

@@ -1,0 +1,220 @@
+"""`tenantserve tenant create|list|update` and `tenantserve key create|revoke`.
+
+Each command prints the admin API's JSON on stdout. Without `--url` it works on the
+data dir's database directly; with `--url` (or TENANTSERVE_URL) it goes through the
+admin API of that server with the admin token. Errors are one line on stderr: exit
+code 2 for bad input (the message names the choices), 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from tenantserve.cli.admin_client import (
+    AdminClient,
+    CommandError,
+    TenantPatch,
+    open_admin_client,
+)
+from tenantserve.config import Settings
+from tenantserve.errors import InvalidRequestError, NotFoundError, TenantServeError
+
+T = TypeVar("T")
+
+tenant_app = typer.Typer(
+    name="tenant", help="Create, list and update tenants.", no_args_is_help=True
+)
+key_app = typer.Typer(name="key", help="Create and revoke tenants' API keys.", no_args_is_help=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Data dir whose database direct mode uses (default .tenantserve).",
+        show_default=False,
+    ),
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="TENANTSERVE_URL",
+        help="Go through the admin API of the server at this URL (http://host:port) "
+        "instead of the database.",
+        show_default=False,
+    ),
+]
+AdminTokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token",
+        help="Bearer token of the admin API (default: TENANTSERVE_ADMIN_TOKEN, else the "
+        "data dir's admin_token file). Only with --url.",
+        show_default=False,
+    ),
+]
+TENANT_LIST_HINT = "`tenantserve tenant list` shows the tenant ids"
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Option(help="Display name.")],
+    tier: Annotated[str, typer.Option(help="free, standard or premium.")],
+    region: Annotated[str, typer.Option(help="us or eu: where it is served.")],
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    admin_token: AdminTokenOption = None,
+) -> None:
+    """Create an active tenant; prints its JSON, with the `id` to create keys for."""
+    _run(data_dir, url, admin_token, lambda admin: admin.create_tenant(name, tier, region))
+
+
+@tenant_app.command("list")
+def tenant_list(
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    admin_token: AdminTokenOption = None,
+) -> None:
+    """Print every tenant as a JSON list, oldest first."""
+    _run(data_dir, url, admin_token, lambda admin: admin.list_tenants())
+
+
+@tenant_app.command("update")
+def tenant_update(
+    tenant_id: Annotated[str, typer.Argument(metavar="ID", help="The tenant's id (ten_...).")],
+    tier: Annotated[
+        str | None, typer.Option(help="free, standard or premium.", show_default=False)
+    ] = None,
+    region: Annotated[str | None, typer.Option(help="us or eu.", show_default=False)] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(help="active or suspended (no key of it authenticates).", show_default=False),
+    ] = None,
+    limits: Annotated[
+        str | None,
+        typer.Option(
+            help="Overrides of the tier defaults as JSON, e.g. '{\"requests_per_minute\": 10}'; "
+            "merged into the current ones, null resets one to the tier's default.",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    admin_token: AdminTokenOption = None,
+) -> None:
+    """Change a tenant's tier, region, status or limits; prints the updated JSON."""
+    patch = TenantPatch()
+    if tier is not None:
+        patch["tier"] = tier
+    if region is not None:
+        patch["region"] = region
+    if status is not None:
+        patch["status"] = status
+    if limits is not None:
+        patch["limits"] = _parse_limits(limits)
+    if not patch:
+        _fail(CommandError("nothing to change: pass --tier, --region, --status or --limits", 2))
+    _run(
+        data_dir,
+        url,
+        admin_token,
+        lambda admin: admin.update_tenant(tenant_id, patch),
+        not_found_hint=TENANT_LIST_HINT,
+    )
+
+
+@key_app.command("create")
+def key_create(
+    tenant: Annotated[str, typer.Option(help="The tenant's id (ten_...).")],
+    expires: Annotated[
+        float | None,
+        typer.Option(help="Days until the key expires (default: never).", show_default=False),
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated models the key may use (default: all of the tenant's).",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    admin_token: AdminTokenOption = None,
+) -> None:
+    """Issue an API key; prints its JSON with the plaintext `key`, shown this once only."""
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else []
+    _run(
+        data_dir,
+        url,
+        admin_token,
+        lambda admin: admin.create_key(tenant, expires, allowed),
+        not_found_hint=TENANT_LIST_HINT,
+    )
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (key_...).")],
+    data_dir: DataDirOption = None,
+    url: UrlOption = None,
+    admin_token: AdminTokenOption = None,
+) -> None:
+    """Revoke an API key at once (revoking twice is harmless); prints its JSON."""
+    _run(data_dir, url, admin_token, lambda admin: admin.revoke_key(key_id))
+
+
+def _parse_limits(text: str) -> dict[str, int | None]:
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        _fail(CommandError(f"--limits is not valid JSON ({e}); e.g. {_LIMITS_EXAMPLE}", 2))
+    if not isinstance(data, dict):
+        _fail(CommandError(f"--limits must be a JSON object, e.g. {_LIMITS_EXAMPLE}", 2))
+    return data
+
+
+_LIMITS_EXAMPLE = "'{\"requests_per_minute\": 10}'"
+
+
+def _run(
+    data_dir: Path | None,
+    url: str | None,
+    admin_token: str | None,
+    operation: Callable[[AdminClient], Awaitable[Any]],
+    not_found_hint: str | None = None,
+) -> None:
+    """Run one admin operation in the chosen mode and print its JSON, or fail in one line."""
+    try:
+        settings = Settings.from_env(data_dir=data_dir)
+        result = asyncio.run(_with_client(settings, url, admin_token, operation))
+    except CommandError as e:
+        _fail(e)
+    except NotFoundError as e:
+        hint = f"; {not_found_hint}" if not_found_hint else ""
+        _fail(CommandError(f"{e}{hint}", 1))
+    except InvalidRequestError as e:
+        _fail(CommandError(str(e), 2))
+    except TenantServeError as e:
+        _fail(CommandError(str(e), 1))
+    print(json.dumps(result, indent=2))
+
+
+async def _with_client(
+    settings: Settings,
+    url: str | None,
+    admin_token: str | None,
+    operation: Callable[[AdminClient], Awaitable[T]],
+) -> T:
+    async with open_admin_client(settings, url, admin_token) as admin:
+        return await operation(admin)
+
+
+def _fail(e: CommandError) -> NoReturn:
+    print(f"[tenantserve] error: {e}", file=sys.stderr, flush=True)
+    raise typer.Exit(code=e.exit_code)

@@ -1,0 +1,125 @@
+"""The admin API: tenants and their keys, behind the operator's Bearer admin token.
+
+    POST   /admin/tenants              {"name", "tier", "region"}        -> 201 tenant
+    GET    /admin/tenants                                                -> {"data": [tenant]}
+    GET    /admin/tenants/{id}                                           -> tenant
+    PATCH  /admin/tenants/{id}         {"name"?, "tier"?, "region"?, "status"?, "limits"?}
+    POST   /admin/tenants/{id}/keys    {"expires_days"?, "allowed_models"?} -> 201 key + `key`
+    GET    /admin/tenants/{id}/keys                                      -> {"data": [key]}
+    DELETE /admin/keys/{key_id}        revoke (idempotent)               -> key
+
+JSON as `tenancy/views.py` writes it (the CLI prints the same). A missing or wrong token is
+401 (tenant keys included); bad fields are 400, unknown ids 404. Changes that affect
+authentication (status, tier, region, limits, revocation) drop the tenant's or key's
+cached credentials at once.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantserve.errors import AuthenticationError
+from tenantserve.gateway.auth import Authenticator, bearer_credential
+from tenantserve.gateway.errors import parse_body
+from tenantserve.tenancy.service import TenancyService
+from tenantserve.tenancy.views import key_json, tenant_json
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(_Strict):
+    name: str
+    tier: str
+    region: str
+
+
+class TenantPatch(_Strict):
+    name: str | None = None
+    tier: str | None = None
+    region: str | None = None
+    status: str | None = None
+    # A null limit resets it to the tier's default.
+    limits: dict[str, int | None] | None = None
+
+
+class KeyCreate(_Strict):
+    expires_days: Annotated[float, Field(gt=0)] | None = None
+    allowed_models: list[str] = Field(default_factory=list)
+
+
+class AdminRoutes:
+    """Handlers of `/admin/...`; each checks the admin token first."""
+
+    def __init__(self, tenancy: TenancyService, auth: Authenticator, admin_token: str) -> None:
+        self.tenancy = tenancy
+        self.auth = auth
+        self._token = admin_token.encode()
+
+    def install(self, app: FastAPI) -> None:
+        """Add the admin routes to `app`."""
+        app.add_api_route("/admin/tenants", self.create_tenant, methods=["POST"])
+        app.add_api_route("/admin/tenants", self.list_tenants, methods=["GET"])
+        app.add_api_route("/admin/tenants/{tenant_id}", self.get_tenant, methods=["GET"])
+        app.add_api_route("/admin/tenants/{tenant_id}", self.update_tenant, methods=["PATCH"])
+        app.add_api_route("/admin/tenants/{tenant_id}/keys", self.create_key, methods=["POST"])
+        app.add_api_route("/admin/tenants/{tenant_id}/keys", self.list_keys, methods=["GET"])
+        app.add_api_route("/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"])
+
+    async def create_tenant(self, request: Request) -> JSONResponse:
+        self._check(request)
+        body = await parse_body(request, TenantCreate)
+        tenant = await self.tenancy.create_tenant(body.name, body.tier, body.region)
+        return JSONResponse(tenant_json(tenant), status_code=201)
+
+    async def list_tenants(self, request: Request) -> dict[str, Any]:
+        self._check(request)
+        tenants = await self.tenancy.list_tenants()
+        return {"object": "list", "data": [tenant_json(t) for t in tenants]}
+
+    async def get_tenant(self, request: Request, tenant_id: str) -> dict[str, Any]:
+        self._check(request)
+        return tenant_json(await self.tenancy.get_tenant(tenant_id))
+
+    async def update_tenant(self, request: Request, tenant_id: str) -> dict[str, Any]:
+        self._check(request)
+        body = await parse_body(request, TenantPatch)
+        tenant = await self.tenancy.update_tenant(
+            tenant_id,
+            name=body.name,
+            tier=body.tier,
+            region=body.region,
+            status=body.status,
+            limits=body.limits,
+        )
+        self.auth.invalidate_tenant(tenant.id)
+        return tenant_json(tenant)
+
+    async def create_key(self, request: Request, tenant_id: str) -> JSONResponse:
+        self._check(request)
+        body = await parse_body(request, KeyCreate)
+        new = await self.tenancy.create_key(tenant_id, body.expires_days, body.allowed_models)
+        return JSONResponse(key_json(new.key, new.plaintext), status_code=201)
+
+    async def list_keys(self, request: Request, tenant_id: str) -> dict[str, Any]:
+        self._check(request)
+        keys = await self.tenancy.list_keys(tenant_id)
+        return {"object": "list", "data": [key_json(k) for k in keys]}
+
+    async def revoke_key(self, request: Request, key_id: str) -> dict[str, Any]:
+        self._check(request)
+        key = await self.tenancy.revoke_key(key_id)
+        self.auth.invalidate_key(key.id)
+        return key_json(key)
+
+    def _check(self, request: Request) -> None:
+        """AuthenticationError (401) unless the request carries the admin token."""
+        presented = bearer_credential(request.headers.get("authorization")).encode()
+        if not hmac.compare_digest(presented, self._token):
+            raise AuthenticationError("invalid admin token")
