@@ -219,8 +219,13 @@ def _print_banner(service: Service, admin_line: str, demos: list[DemoTenant]) ->
     settings, model_name = service.settings, service.model.name
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
+    # max_tokens bounds the answer: without it a sampled reply may run to the tier's cap.
     body = json.dumps(
-        {"model": model_name, "messages": [{"role": "user", "content": "Say hello in French."}]}
+        {
+            "model": model_name,
+            "messages": [{"role": "user", "content": "Say hello in French."}],
+            "max_tokens": 64,
+        }
     )
     lines = [f"\ntenantserve is serving {model_name} at {base}/v1", "", admin_line, ""]
     if demos:
