@@ -1,7 +1,8 @@
 """The composition root: settings -> model directory -> engine client; settings ->
-database -> tenancy service; the rate limiter, the fair queue and the admin token; all
-of them -> the HTTP app (`Gateway`), whose lifespan migrates the database, starts the
-engine, and closes everything in reverse at shutdown.
+database -> tenancy service; the rate limiter, the fair queue with its noisy-neighbour
+monitor, the operator event log and the admin token; all of them -> the HTTP app
+(`Gateway`), whose lifespan migrates the database, starts the engine, and closes
+everything in reverse at shutdown.
 
 Nothing else builds engines or apps; tests call `build_service` with their own settings
 (a tiny model, a small KV cache) and get the same wiring `tenantserve up` serves.
@@ -26,8 +27,12 @@ from tenantserve.engine.models.checkpoint import read_config
 from tenantserve.engine.models.convert import ensure_default_model
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.gateway.app import Gateway, ServedModel, create_app
+from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.gateway.engine_client import EngineClient
+from tenantserve.gateway.events import EventLog
+from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
+from tenantserve.scheduling.noisy_neighbor import NoisyNeighborDetector
 from tenantserve.storage.database import Database, database_url
 from tenantserve.storage.migrations import migrate
 from tenantserve.tenancy.jwt_auth import JwtVerifier
@@ -95,6 +100,7 @@ class Service:
     tenancy: Tenancy
     limiter: RateLimiter
     queue: FairQueue
+    events: EventLog
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -124,6 +130,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     tenancy = build_tenancy(settings)
     limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
     queue = FairQueue(FairQueueConfig(max_in_flight=settings.scheduler.max_num_seqs))
+    events = EventLog()
+    # One detector per pool; this deployment has one pool (the region's shared one).
+    noisy_neighbors = NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, SHARED_POOL)
     admin_token, _ = ensure_admin_token(settings)
     gateway = Gateway(
         engine=engine,
@@ -136,6 +145,8 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         max_body_bytes=settings.max_body_bytes,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
         policy=PolicyConfig(),
+        events=events,
+        noisy_neighbors=noisy_neighbors,
     )
 
     @asynccontextmanager
@@ -161,5 +172,6 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         tenancy=tenancy,
         limiter=limiter,
         queue=queue,
+        events=events,
     )
     return service

@@ -5,7 +5,8 @@
     /admin/...                    `routes_admin.py`: Bearer admin token
 
 Every request gets an id and a body-size limit (`middleware.py`); every error leaves in
-OpenAI's shape (`errors.py`). The parts (engine, tenancy, limiter, queue) are built by
+OpenAI's shape (`errors.py`). The parts (engine, tenancy, limiter, queue, noisy-neighbour
+monitor, operator event log) are built by
 the composition root (`bootstrap.py`) and handed in as a `Gateway`.
 """
 
@@ -24,7 +25,9 @@ from tenantserve.gateway.catalog import ModelCatalog, ServedModel
 from tenantserve.gateway.dispatch import Dispatcher
 from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.errors import install_error_handlers
+from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.routes_admin import AdminRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
 from tenantserve.scheduling.fair_queue import FairQueue
@@ -50,6 +53,10 @@ class Gateway:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     auth_cache_ttl_s: float = DEFAULT_TTL_S
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # What operators see at `GET /admin/events`; the monitor appends to the same log.
+    events: EventLog = field(default_factory=EventLog)
+    # None: no noisy-neighbour detection on this pool.
+    noisy_neighbors: NoisyNeighborMonitor | None = None
 
 
 def create_app(
@@ -74,7 +81,14 @@ def create_app(
     app = FastAPI(title="tenantserve", lifespan=lifespan)
     auth = Authenticator(gateway.tenancy, ttl_s=gateway.auth_cache_ttl_s)
     catalog = ModelCatalog(gateway.model, gateway.region)
-    dispatcher = Dispatcher(gateway.engine, catalog, gateway.limiter, gateway.queue, gateway.policy)
+    dispatcher = Dispatcher(
+        gateway.engine,
+        catalog,
+        gateway.limiter,
+        gateway.queue,
+        gateway.policy,
+        noisy_neighbors=gateway.noisy_neighbors,
+    )
     api = OpenAIRoutes(auth, catalog, dispatcher)
 
     async def health() -> dict[str, str]:
@@ -85,7 +99,7 @@ def create_app(
     app.add_api_route("/v1/models/{model_id:path}", api.model_card, methods=["GET"])
     app.add_api_route("/v1/chat/completions", api.chat_completions, methods=["POST"])
     app.add_api_route("/v1/completions", api.completions, methods=["POST"])
-    AdminRoutes(gateway.tenancy, auth, gateway.admin_token).install(app)
+    AdminRoutes(gateway.tenancy, auth, gateway.admin_token, gateway.events).install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=gateway.max_body_bytes)

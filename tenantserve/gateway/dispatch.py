@@ -8,7 +8,8 @@ into the engine.
 
 All of it happens before any model work. When the generation closes, however it ends
 (finished, failed, client gone), the slot goes back to the queue with the true token
-counts and the reservation is committed with the tokens actually used.
+counts, the reservation is committed with the tokens actually used, and the pool's
+noisy-neighbour monitor records the tenant's tokens and TTFT (it may demote the tenant).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.errors import api_error_from_denied, api_error_from_reject
+from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.streaming import Generation
 from tenantserve.scheduling.fair_queue import FairQueue, Ticket
@@ -52,12 +54,14 @@ class Dispatcher:
         limiter: RateLimiter,
         queue: FairQueue,
         policy: PolicyConfig,
+        noisy_neighbors: NoisyNeighborMonitor | None = None,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
         self.limiter = limiter
         self.queue = queue
         self.policy = policy
+        self.noisy_neighbors = noisy_neighbors
 
     async def dispatch(
         self,
@@ -108,6 +112,9 @@ class Dispatcher:
         async def release(generation: Generation) -> None:
             usage = generation.usage()
             self.queue.release(grant, usage.prompt_tokens, usage.completion_tokens)
+            if self.noisy_neighbors is not None:
+                ttft_s = generation.metrics.ttft_s if generation.metrics else None
+                self.noisy_neighbors.record(ctx.tenant_id, usage.total_tokens, ttft_s)
             await self._commit(reservation, usage.total_tokens)
 
         request = EngineRequest(

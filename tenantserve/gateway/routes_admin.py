@@ -1,4 +1,5 @@
-"""The admin API: tenants and their keys, behind the operator's Bearer admin token.
+"""The admin API: tenants, their keys and the operator event log, behind the operator's
+Bearer admin token.
 
     POST   /admin/tenants              {"name", "tier", "region"}        -> 201 tenant
     GET    /admin/tenants                                                -> {"data": [tenant]}
@@ -7,6 +8,7 @@
     POST   /admin/tenants/{id}/keys    {"expires_days"?, "allowed_models"?} -> 201 key + `key`
     GET    /admin/tenants/{id}/keys                                      -> {"data": [key]}
     DELETE /admin/keys/{key_id}        revoke (idempotent)               -> key
+    GET    /admin/events               operator events, oldest first     -> {"data": [event]}
 
 JSON as `tenancy/views.py` writes it (the CLI prints the same). A missing or wrong token is
 401 (tenant keys included); bad fields are 400, unknown ids 404. Changes that affect
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tenantserve.errors import AuthenticationError
 from tenantserve.gateway.auth import Authenticator, bearer_credential
 from tenantserve.gateway.errors import parse_body
+from tenantserve.gateway.events import EventLog
 from tenantserve.tenancy.service import TenancyService
 from tenantserve.tenancy.views import key_json, tenant_json
 
@@ -57,9 +60,12 @@ class KeyCreate(_Strict):
 class AdminRoutes:
     """Handlers of `/admin/...`; each checks the admin token first."""
 
-    def __init__(self, tenancy: TenancyService, auth: Authenticator, admin_token: str) -> None:
+    def __init__(
+        self, tenancy: TenancyService, auth: Authenticator, admin_token: str, events: EventLog
+    ) -> None:
         self.tenancy = tenancy
         self.auth = auth
+        self.events = events
         self._token = admin_token.encode()
 
     def install(self, app: FastAPI) -> None:
@@ -71,6 +77,7 @@ class AdminRoutes:
         app.add_api_route("/admin/tenants/{tenant_id}/keys", self.create_key, methods=["POST"])
         app.add_api_route("/admin/tenants/{tenant_id}/keys", self.list_keys, methods=["GET"])
         app.add_api_route("/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"])
+        app.add_api_route("/admin/events", self.list_events, methods=["GET"])
 
     async def create_tenant(self, request: Request) -> JSONResponse:
         self._check(request)
@@ -117,6 +124,10 @@ class AdminRoutes:
         key = await self.tenancy.revoke_key(key_id)
         self.auth.invalidate_key(key.id)
         return key_json(key)
+
+    async def list_events(self, request: Request) -> dict[str, Any]:
+        self._check(request)
+        return {"object": "list", "data": [e.to_json() for e in self.events.events()]}
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""

@@ -44,6 +44,7 @@ async def test_admin_endpoints_refuse_no_token_a_wrong_token_and_a_tenant_key(
         ("POST", f"/admin/tenants/{tenant_id}/keys", {}),
         ("GET", f"/admin/tenants/{tenant_id}/keys", None),
         ("DELETE", f"/admin/keys/{key_id}", None),
+        ("GET", "/admin/events", None),
     ]
     for token in ("", ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1], running.acme.key):
         async with running.admin(token) as admin:
@@ -161,3 +162,11 @@ async def test_unknown_ids_are_a_404(
     async with running.admin() as admin:
         r = await admin.request(method, path, json=body)
     assert _error(r, 404)["code"] == "not_found"
+
+
+async def test_the_operator_event_log_is_served_to_the_admin(running: Running) -> None:
+    async with running.admin() as admin:
+        r = await admin.get("/admin/events")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and isinstance(body["data"], list)
