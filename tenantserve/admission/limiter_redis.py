@@ -26,6 +26,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantserve.admission.limiter import (
     EPSILON_S,
@@ -120,6 +121,10 @@ return 1
 """
 
 
+# Timeouts in a row before the store counts as down (a refused connection counts at once).
+MAX_CONSECUTIVE_TIMEOUTS = 3
+
+
 class RedisRateLimiter:
     """GCRA and in-flight slots in Redis, one atomic script round trip per call.
 
@@ -144,6 +149,7 @@ class RedisRateLimiter:
         self._connections = asyncio.Semaphore(self._policy.max_connections)
         # monotonic time until which Redis is considered down and not called; None: up.
         self._down_until_s: float | None = None
+        self._consecutive_timeouts = 0
 
     @classmethod
     def from_url(
@@ -202,7 +208,7 @@ class RedisRateLimiter:
                 ],
             )
         except (RedisError, OSError) as e:
-            self._mark_down(e)
+            self._failed(e)
             return self._unavailable(reservation)
         finally:
             self._connections.release()
@@ -238,7 +244,7 @@ class RedisRateLimiter:
                     ],
                 )
         except (RedisError, OSError) as e:
-            self._mark_down(e)
+            self._failed(e)
             return
         self._mark_up()
 
@@ -264,6 +270,16 @@ class RedisRateLimiter:
     def _is_down(self) -> bool:
         return self._down_until_s is not None and time.monotonic() < self._down_until_s
 
+    def _failed(self, error: BaseException) -> None:
+        """A refused or broken connection marks the store down at once; a timeout only
+        when it is the MAX_CONSECUTIVE_TIMEOUTS-th in a row (one slow call on a busy host
+        is that call's failure, not an outage that shuts fail-closed tiers out)."""
+        if isinstance(error, (RedisTimeoutError, TimeoutError)):
+            self._consecutive_timeouts += 1
+            if self._consecutive_timeouts < MAX_CONSECUTIVE_TIMEOUTS:
+                return
+        self._mark_down(error)
+
     def _mark_down(self, error: BaseException) -> None:
         if self._down_until_s is None:
             log.warning(
@@ -273,6 +289,7 @@ class RedisRateLimiter:
         self._down_until_s = time.monotonic() + self._policy.unavailable_retry_after_s
 
     def _mark_up(self) -> None:
+        self._consecutive_timeouts = 0
         if self._down_until_s is not None:
             log.warning("rate limiter store reachable again")
             self._down_until_s = None

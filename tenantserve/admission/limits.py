@@ -68,7 +68,7 @@ class LimiterPolicy:
     slot_ttl_s: float = 600.0
     # Socket connect/read timeout for one limiter round trip to the store; also the
     # longest a decision waits for a free connection before the policy decides.
-    store_timeout_s: float = 0.25
+    store_timeout_s: float = 0.5
     # Connections to the store per limiter (per gateway process).
     max_connections: int = 64
 
