@@ -1,0 +1,380 @@
+"""Fairness benchmark (issue 3): the real gateway in-process, the tiny random model, a small
+`max_num_seqs` so that the fair queue is the bottleneck.
+
+1. Premium TTFT under a free-tier flood: premium TTFT p95 (streaming, time to the first
+   content chunk, max_tokens=16) for sequential premium requests, unloaded and then while
+   10 free-tier tenants flood (one loop each, max_tokens=64). Target: loaded/unloaded <= 1.2.
+2. VTC: a heavy standard tenant (8 concurrent loops) and a light one (2 loops), both always
+   backlogged with the same request, for --vtc-seconds. Served weighted tokens
+   (input + 2 x output, from `usage`) per tenant; the difference against the VTC bound
+   2 * max_in_flight * (max request cost).
+
+Usage: .venv/bin/python bench/fairness.py [--max-num-seqs 4] [--vtc-seconds 30]
+Writes bench/results/fairness.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+import openai  # noqa: E402
+
+from tenantserve.bootstrap import open_tenancy  # noqa: E402
+from tenantserve.config import SchedulerConfig  # noqa: E402
+from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
+from tenantserve.tiers import Tier  # noqa: E402
+from tests.helpers.server import add_tenant, serve, server_settings  # noqa: E402
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+GENEROUS = {
+    "requests_per_minute": 1_000_000,
+    "tokens_per_minute": 1_000_000_000,
+    "max_concurrent": 1_000,
+}
+PREMIUM_PROMPT = "Say something short about the weather."
+FLOOD_PROMPT = "Write a long story about a dragon who learns to cook."
+VTC_PROMPT = "List a few facts about the ocean, please."
+
+
+def build_tiny_model(out: Path, smollm2_dir: Path) -> Path:
+    """Same construction as tests/conftest.py's `tiny_model_dir`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    generation = json.loads((smollm2_dir / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=generation.get("bos_token_id"),
+        eos_token_id=eos,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(smollm2_dir / name, out / name)
+    (out / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": generation.get("bos_token_id"), "eos_token_id": eos})
+    )
+    return out
+
+
+def p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = max(0, min(len(xs) - 1, round(0.95 * (len(xs) - 1))))
+    return xs[k]
+
+
+async def ttft(client: openai.AsyncOpenAI, model: str) -> float:
+    """Seconds from sending to the first chunk with content."""
+    t0 = time.perf_counter()
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": PREMIUM_PROMPT}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+    )
+    first: float | None = None
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t0
+    return first if first is not None else time.perf_counter() - t0
+
+
+async def premium_series(client: openai.AsyncOpenAI, model: str, n: int) -> list[float]:
+    return [await ttft(client, model) for _ in range(n)]
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors: dict[str, int] = {}
+        self.prompt = 0
+        self.completion = 0
+
+    @property
+    def weighted(self) -> int:
+        return self.prompt + 2 * self.completion
+
+    def error(self, e: Exception) -> None:
+        key = f"{type(e).__name__}:{getattr(e, 'status_code', '')}"
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+
+async def loop(
+    client: openai.AsyncOpenAI, model: str, prompt: str, max_tokens: int, counts: Counts
+) -> None:
+    """One always-backlogged client: a new request as soon as the last one finished."""
+    while True:
+        try:
+            r = await client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                temperature=0,
+            )
+        except asyncio.CancelledError:
+            raise
+        except openai.APIStatusError as e:
+            counts.error(e)
+            await asyncio.sleep(0.05)
+            continue
+        counts.ok += 1
+        if r.usage is not None:
+            counts.prompt += r.usage.prompt_tokens
+            counts.completion += r.usage.completion_tokens
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+async def wait_idle(service, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = service.queue.stats()
+        if s.in_flight == 0 and sum(s.waiting.values()) == 0:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def main(args: argparse.Namespace) -> dict:
+    smollm2 = ensure_default_model(REPO_ROOT / ".tenantserve")
+    with tempfile.TemporaryDirectory(prefix="ts-fairness-") as tmp:
+        tmpdir = Path(tmp)
+        model_dir = build_tiny_model(tmpdir / "tiny-llama", smollm2)
+        data_dir = tmpdir / "data"
+        data_dir.mkdir()
+        settings = server_settings(data_dir, model_dir)
+        settings = replace(settings, scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs))
+
+        tenancy = await open_tenancy(settings)
+        try:
+            svc = tenancy.service
+            premium = await add_tenant(svc, "premium-1", tier="premium")
+            frees = [await add_tenant(svc, f"free-{i}", tier="free") for i in range(args.flood)]
+            heavy = await add_tenant(svc, "heavy", tier="standard")
+            light = await add_tenant(svc, "light", tier="standard")
+            for t in (premium, *frees, heavy, light):
+                await svc.update_tenant(t.id, limits=GENEROUS)
+        finally:
+            await tenancy.db.dispose()
+
+        async with serve(settings) as (url, service):
+            model = service.model.name
+
+            def sdk(key: str) -> openai.AsyncOpenAI:
+                return openai.AsyncOpenAI(
+                    base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120
+                )
+
+            pc = sdk(premium.key)
+            # Warm-up (engine, tokenizer, auth cache).
+            await premium_series(pc, model, 5)
+
+            # --- 1. premium TTFT, unloaded then under a free flood ---
+            unloaded = await premium_series(pc, model, args.premium_n)
+            free_counts = [Counts() for _ in frees]
+            free_clients = [sdk(f.key) for f in frees]
+            flood = [
+                asyncio.create_task(loop(c, model, FLOOD_PROMPT, 64, n))
+                for c, n in zip(free_clients, free_counts, strict=True)
+            ]
+            await asyncio.sleep(args.flood_warmup)
+            q_before = service.queue.stats()
+            loaded = await premium_series(pc, model, args.premium_n)
+            q_during = service.queue.stats()
+            await cancel_all(flood)
+            await wait_idle(service)
+            # The same series once more, unloaded (noise check of the baseline).
+            unloaded_after = await premium_series(pc, model, args.premium_n)
+
+            ttft_res = {
+                "unloaded_p95_s": p95(unloaded),
+                "unloaded_median_s": statistics.median(unloaded),
+                "unloaded_after_p95_s": p95(unloaded_after),
+                "loaded_p95_s": p95(loaded),
+                "loaded_median_s": statistics.median(loaded),
+                "ratio_p95": p95(loaded) / p95(unloaded),
+                "free_ok": sum(c.ok for c in free_counts),
+                "free_errors": _merge([c.errors for c in free_counts]),
+                "free_waiting_during": q_during.waiting.get(Tier.FREE, 0),
+                "free_waiting_at_start": q_before.waiting.get(Tier.FREE, 0),
+                "in_flight_during": q_during.in_flight,
+            }
+
+            events = [str(e) for e in service.events.events()]
+            for c in (pc, *free_clients):
+                await c.close()
+        vtc = []
+        for n in args.vtc_max_num_seqs:
+            s_n = replace(settings, scheduler=SchedulerConfig(max_num_seqs=n))
+            async with serve(s_n) as (url, service):
+                vtc.append(await vtc_phase(args, url, service, heavy, light, n))
+        return {
+            "max_num_seqs": args.max_num_seqs,
+            "ttft": ttft_res,
+            "ttft_samples": {"unloaded": unloaded, "loaded": loaded},
+            "ttft_events": events,
+            "vtc": vtc,
+        }
+
+
+async def vtc_phase(args, url, service, heavy, light, max_num_seqs: int) -> dict:
+    """Heavy (8 loops) vs light (2 loops), standard tier, same request, both backlogged."""
+    model = service.model.name
+
+    def sdk(key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+
+    hc, lc = Counts(), Counts()
+    heavy_client, light_client = sdk(heavy.key), sdk(light.key)
+    tasks = [
+        asyncio.create_task(loop(heavy_client, model, VTC_PROMPT, args.vtc_max_tokens, hc))
+        for _ in range(args.heavy_loops)
+    ]
+    tasks += [
+        asyncio.create_task(loop(light_client, model, VTC_PROMPT, args.vtc_max_tokens, lc))
+        for _ in range(args.light_loops)
+    ]
+    samples = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < args.vtc_seconds:
+        await asyncio.sleep(1.0)
+        samples.append(abs(hc.weighted - lc.weighted))
+    vtc_counters = dict(service.queue.stats().counters.get(Tier.STANDARD, {}))
+    await cancel_all(tasks)
+    prompt_tokens = hc.prompt // max(hc.ok, 1)
+    max_cost = prompt_tokens + 2 * args.vtc_max_tokens
+    bound = 2 * max_num_seqs * max_cost
+    events = [str(e) for e in service.events.events()]
+    vtc_res = {
+        "seconds": args.vtc_seconds,
+        "heavy": {
+            "requests": hc.ok,
+            "weighted": hc.weighted,
+            "prompt": hc.prompt,
+            "completion": hc.completion,
+            "errors": hc.errors,
+            "vtc_counter": vtc_counters.get(heavy.id),
+        },
+        "light": {
+            "requests": lc.ok,
+            "weighted": lc.weighted,
+            "prompt": lc.prompt,
+            "completion": lc.completion,
+            "errors": lc.errors,
+            "vtc_counter": vtc_counters.get(light.id),
+        },
+        "diff_end": abs(hc.weighted - lc.weighted),
+        "diff_max_sampled": max(samples) if samples else None,
+        "max_request_cost": max_cost,
+        "bound": bound,
+        "max_num_seqs": max_num_seqs,
+        "events": events,
+    }
+    await heavy_client.close()
+    await light_client.close()
+    return vtc_res
+
+
+def _merge(ds: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in ds:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def table(r: dict) -> str:
+    t = r["ttft"]
+    ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
+    lines = [
+        f"Premium TTFT, max_num_seqs (= fair-queue max_in_flight) = {r['max_num_seqs']}",
+        "",
+        "| premium TTFT (max_tokens=16, streaming, 1st content chunk) | p95 | median |",
+        "|---|---|---|",
+        f"| unloaded | {ms(t['unloaded_p95_s'])} | {ms(t['unloaded_median_s'])} |",
+        f"| 10 free tenants flooding (1 loop each, max_tokens=64) | {ms(t['loaded_p95_s'])} "
+        f"| {ms(t['loaded_median_s'])} |",
+        f"| unloaded again, after the flood | {ms(t['unloaded_after_p95_s'])} | — |",
+        f"| **ratio loaded / unloaded p95** (target ≤ 1.2) | **{t['ratio_p95']:.2f}×** | |",
+        "",
+        f"Free requests served during the flood: {t['free_ok']}, errors: {t['free_errors']}, "
+        f"free waiters mid-series: {t['free_waiting_during']}; "
+        f"operator events: {len(r['ttft_events'])}.",
+        "",
+        f"| VTC, standard tier, {ARGS.heavy_loops} heavy vs {ARGS.light_loops} light loops "
+        f"| max_in_flight | heavy req / weighted | light req / weighted | diff at end "
+        "(max of 1 s samples) | bound 2·max_in_flight·max cost "
+        "| queue VTC counters heavy / light |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in r["vtc"]:
+        h, lt = v["heavy"], v["light"]
+        lines.append(
+            f"| {v['seconds']:.0f} s | {v['max_num_seqs']} | {h['requests']} / {h['weighted']} "
+            f"| {lt['requests']} / {lt['weighted']} | {v['diff_end']} ({v['diff_max_sampled']}) "
+            f"| {v['bound']} (2·{v['max_num_seqs']}·{v['max_request_cost']}) "
+            f"| {h['vtc_counter'] or 0:.0f} / {lt['vtc_counter'] or 0:.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        "operator events in VTC runs: " + ", ".join(str(len(v["events"])) for v in r["vtc"])
+    )
+    return "\n".join(lines)
+
+
+ARGS: argparse.Namespace
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-num-seqs", type=int, default=4)
+    ap.add_argument("--premium-n", type=int, default=20)
+    ap.add_argument("--flood", type=int, default=10)
+    ap.add_argument("--flood-warmup", type=float, default=3.0)
+    ap.add_argument("--heavy-loops", type=int, default=8)
+    ap.add_argument("--light-loops", type=int, default=2)
+    ap.add_argument("--vtc-seconds", type=float, default=20.0)
+    ap.add_argument(
+        "--vtc-max-num-seqs", type=lambda x: [int(v) for v in x.split(",")], default=[4, 2]
+    )
+    ap.add_argument("--vtc-max-tokens", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "fairness.json")
+    ARGS = ap.parse_args()
+    t_start = time.perf_counter()
+    result = asyncio.run(main(ARGS))
+    result["wall_s"] = time.perf_counter() - t_start
+    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+    ARGS.out.write_text(json.dumps(result, indent=2, default=str))
+    print(table(result))
+    print(f"\nwall time {result['wall_s']:.0f} s; raw results in {ARGS.out}")
