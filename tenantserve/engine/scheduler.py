@@ -7,8 +7,8 @@ Each step:
    running sequence is preempted (its blocks freed; it is recomputed later);
 2. waiting sequences are admitted in priority order (tier, then arrival) while the budget,
    the sequence limit and the blocks allow; a waiting sequence may preempt running ones of
-   a strictly lower tier. A sequence whose adapter is still loading is skipped; the rest
-   keep going.
+   a strictly lower tier, for blocks or for a seat when `max_num_seqs` are running. A
+   sequence whose adapter is still loading is skipped; the rest keep going.
 """
 
 from __future__ import annotations
@@ -136,8 +136,14 @@ class Scheduler:
 
     def _admit(self, budget: int, planned: dict[str, ScheduledSeq], out: SchedulerOutput) -> int:
         for seq in sorted(self.waiting, key=_priority_order):
-            if budget == 0 or len(self.running) >= self.cfg.max_num_seqs:
+            if budget == 0:
                 break
+            if len(self.running) >= self.cfg.max_num_seqs:
+                # Full: a higher tier takes the seat of the lowest-tier, newest sequence.
+                victims = [r for r in self.running if r.tier.priority < seq.tier.priority]
+                if not victims:
+                    break
+                budget += self._preempt(min(victims, key=Sequence.preemption_key), planned, out)
             if seq.request.lora is not None and seq.lora_slot == 0:
                 assert self.adapters is not None
                 slot, error = self.adapters.acquire(seq.request.lora)

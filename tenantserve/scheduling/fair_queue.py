@@ -50,6 +50,9 @@ class FairQueueConfig:
     """Capacity, queue bounds, aging, VTC weights and overload behaviour of one pool."""
 
     max_in_flight: int = 64
+    # Slots a tier may take beyond max_in_flight, so that a premium request does not wait
+    # for a free one to finish: the engine preempts the lowest tier to make room for it.
+    priority_headroom: Mapping[Tier, int] = field(default_factory=lambda: {Tier.PREMIUM: 2})
     # Waiters per tier beyond which a new request of the tier gets QueueFull.
     max_waiting_per_tier: Mapping[Tier, int] = field(
         default_factory=lambda: {Tier.FREE: 64, Tier.STANDARD: 256, Tier.PREMIUM: 256}
@@ -203,7 +206,7 @@ class FairQueue:
         leaves the queue; if cancelled just after being granted, the slot is released.
         """
         tier = self._scheduling_tier(ticket)
-        if len(self._active) < self.config.max_in_flight and self.num_waiting == 0:
+        if len(self._active) < self._capacity(tier) and not self._waiting_at_or_above(tier):
             return self._grant(ticket, tier)
         self._make_room(tier)
         waiter = _Waiter(ticket, tier, next(self._ids), asyncio.get_running_loop().create_future())
@@ -337,10 +340,17 @@ class FairQueue:
         if self._num_waiting[tier] == 0:
             self._waiting_cost[tier] = 0.0  # no float drift when the tier drains
 
+    def _capacity(self, tier: Tier) -> int:
+        return self.config.max_in_flight + self.config.priority_headroom.get(tier, 0)
+
+    def _waiting_at_or_above(self, tier: Tier) -> bool:
+        return any(self._num_waiting[t] for t in Tier if t.priority >= tier.priority)
+
     def _dispatch(self) -> None:
-        while len(self._active) < self.config.max_in_flight:
+        while True:
             waiter = self._next_waiter()
-            if waiter is None:
+            # The policy's pick goes first; if it has no room, nobody behind it goes.
+            if waiter is None or len(self._active) >= self._capacity(waiter.tier):
                 return
             self._unlink(waiter)
             if waiter.future.done():

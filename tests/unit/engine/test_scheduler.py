@@ -149,3 +149,22 @@ def test_second_identical_prompt_of_a_tenant_starts_from_cached_blocks() -> None
     assert by_id["2"].num_new_tokens == 2
     assert other.num_cached_tokens == 0
     assert by_id["3"].num_new_tokens == 18
+
+
+def test_premium_takes_the_seat_of_the_newest_free_sequence_when_all_seats_are_taken() -> None:
+    pool = BlockPool(64, 4, BUDGET)
+    sched = Scheduler(SchedulerConfig(max_num_seqs=2, max_num_batched_tokens=64), pool, None)
+    old, new = make_seq("free-old", Tier.FREE, 8), make_seq("free-new", Tier.FREE, 8)
+    sched.add(old)
+    sched.add(new)
+    run_step(sched)
+    premium = make_seq("prem", Tier.PREMIUM, 8)
+    sched.add(premium)
+    plan = run_step(sched)
+    assert plan.preempted == [new]
+    assert premium in sched.running and old in sched.running
+    standard = make_seq("std", Tier.STANDARD, 8)
+    sched.add(standard)
+    plan = run_step(sched)
+    assert plan.preempted == [old]  # standard outranks free, not premium
+    assert len(sched.running) == 2

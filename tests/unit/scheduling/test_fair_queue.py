@@ -45,6 +45,7 @@ class Pool:
             "max_in_flight": 1,
             "max_waiting_per_tier": UNBOUNDED,
             "max_waiting": 1_000_000,
+            "priority_headroom": {},  # strict slot count unless a test says otherwise
         }
         self.queue = FairQueue(FairQueueConfig(**(cfg | overrides)), clock=self.clock)
         # Acquire tasks whose outcome new_grants() has not reported yet, with their tenant.
@@ -396,3 +397,21 @@ def test_invalid_config_is_rejected() -> None:
         FairQueueConfig(aging_s=0)
     with pytest.raises(ConfigError):
         FairQueueConfig(max_waiting_per_tier={Tier.FREE: 1})
+
+
+def _ticket(rid: str, tenant: str, tier: Tier) -> Ticket:
+    return Ticket(rid, tenant, tier, 10, 10, arrival_time=0.0)
+
+
+async def test_premium_headroom_lets_premium_in_while_lower_tiers_hold_every_slot() -> None:
+    queue = FairQueue(FairQueueConfig(max_in_flight=2, priority_headroom={Tier.PREMIUM: 1}))
+    free = [await queue.acquire(_ticket(f"f{i}", "free-t", Tier.FREE)) for i in range(2)]
+    waiting_free = asyncio.create_task(queue.acquire(_ticket("f2", "free-t", Tier.FREE)))
+    await asyncio.sleep(0)
+    premium = await asyncio.wait_for(queue.acquire(_ticket("p", "prem-t", Tier.PREMIUM)), 1)
+    assert premium.tier is Tier.PREMIUM and queue.in_flight == 3
+    assert not waiting_free.done()  # the headroom is premium's, not free's
+    queue.release(premium, 1, 1)
+    assert not waiting_free.done()
+    queue.release(free[0], 1, 1)
+    await asyncio.wait_for(waiting_free, 1)
