@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -36,9 +35,9 @@ from tenantserve.bootstrap import open_tenancy  # noqa: E402
 from tenantserve.config import SchedulerConfig  # noqa: E402
 from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
 from tenantserve.tiers import Tier  # noqa: E402
+from tests.helpers.models import write_tiny_llama  # noqa: E402
 from tests.helpers.server import add_tenant, serve, server_settings  # noqa: E402
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 GENEROUS = {
     "requests_per_minute": 1_000_000,
     "tokens_per_minute": 1_000_000_000,
@@ -47,38 +46,6 @@ GENEROUS = {
 PREMIUM_PROMPT = "Say something short about the weather."
 FLOOD_PROMPT = "Write a long story about a dragon who learns to cook."
 VTC_PROMPT = "List a few facts about the ocean, please."
-
-
-def build_tiny_model(out: Path, smollm2_dir: Path) -> Path:
-    """Same construction as tests/conftest.py's `tiny_model_dir`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    generation = json.loads((smollm2_dir / "generation_config.json").read_text())
-    eos = generation["eos_token_id"]
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=generation.get("bos_token_id"),
-        eos_token_id=eos,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(smollm2_dir / name, out / name)
-    (out / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": generation.get("bos_token_id"), "eos_token_id": eos})
-    )
-    return out
 
 
 def p95(xs: list[float]) -> float:
@@ -171,7 +138,7 @@ async def main(args: argparse.Namespace) -> dict:
     smollm2 = ensure_default_model(REPO_ROOT / ".tenantserve")
     with tempfile.TemporaryDirectory(prefix="ts-fairness-") as tmp:
         tmpdir = Path(tmp)
-        model_dir = build_tiny_model(tmpdir / "tiny-llama", smollm2)
+        model_dir = write_tiny_llama(tmpdir / "tiny-llama", smollm2)
         data_dir = tmpdir / "data"
         data_dir.mkdir()
         settings = server_settings(data_dir, model_dir)
