@@ -1,7 +1,8 @@
-"""The composition root: settings -> model directory -> engine client; settings ->
-database -> tenancy service; the rate limiter, the fair queue with its noisy-neighbour
-monitor, the operator event log and the admin token; all of them -> the HTTP app
-(`Gateway`), whose lifespan migrates the database, starts the engine, and closes
+"""The composition root: settings -> pools (the built-in engine's: model directory ->
+engine client; each configured upstream's: an HTTP client), each with its fair queue and
+noisy-neighbour monitor; settings -> database -> tenancy service; the rate limiter, the
+quota ledger, the operator event log and the admin token; all of them -> the HTTP app
+(`Gateway`), whose lifespan migrates the database, starts the pools, and closes
 everything in reverse at shutdown.
 
 Nothing else builds engines or apps; tests call `build_service` with their own settings
@@ -19,18 +20,26 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from tenantserve.admission import LimiterPolicy, RateLimiter, create_rate_limiter
+from tenantserve.admission import (
+    LimiterPolicy,
+    RateLimiter,
+    create_quota_ledger,
+    create_rate_limiter,
+)
 from tenantserve.admission.policy import PolicyConfig
-from tenantserve.config import Settings
+from tenantserve.config import PoolConfig, Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.models.checkpoint import read_config
 from tenantserve.engine.models.convert import ensure_default_model
 from tenantserve.engine.tokenizer import Tokenizer
+from tenantserve.errors import ConfigError
 from tenantserve.gateway.app import Gateway, ServedModel, create_app
 from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
+from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamPool
+from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
 from tenantserve.scheduling.noisy_neighbor import NoisyNeighborDetector
 from tenantserve.storage.database import Database, database_url
@@ -93,14 +102,31 @@ class Service:
     """Everything `tenantserve up` runs, wired."""
 
     settings: Settings
-    model_dir: Path
-    model: ServedModel
-    engine: EngineClient
+    pools: tuple[Pool, ...]
     app: FastAPI
     tenancy: Tenancy
     limiter: RateLimiter
-    queue: FairQueue
     events: EventLog
+
+    @property
+    def engine_pool(self) -> EnginePool:
+        """The built-in engine's pool (ConfigError when it is switched off)."""
+        for pool in self.pools:
+            if isinstance(pool, EnginePool):
+                return pool
+        raise ConfigError("the built-in engine is off (TENANTSERVE_BUILTIN_ENGINE=false)")
+
+    @property
+    def model(self) -> ServedModel:
+        return self.engine_pool.model
+
+    @property
+    def engine(self) -> EngineClient:
+        return self.engine_pool.engine
+
+    @property
+    def queue(self) -> FairQueue:
+        return self.engine_pool.queue
 
 
 def resolve_model_dir(settings: Settings) -> Path:
@@ -121,32 +147,75 @@ def load_served_model(model_dir: Path) -> ServedModel:
     )
 
 
-def build_service(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> Service:
-    """Wire the service; the database is migrated and the engine process started by the
-    app's lifespan (which then calls `on_ready`), not here."""
+def build_engine_pool(settings: Settings, events: EventLog) -> EnginePool:
+    """The built-in engine serving the configured (or default) model in the region's
+    shared pool; its fair queue admits as many requests as the engine batches."""
     model_dir = resolve_model_dir(settings)
-    model = load_served_model(model_dir)
-    engine = AsyncEngineClient(settings.engine_config(model_dir))
+    queue = FairQueue(FairQueueConfig(max_in_flight=settings.scheduler.max_num_seqs))
+    return EnginePool(
+        name=SHARED_POOL,
+        engine=AsyncEngineClient(settings.engine_config(model_dir)),
+        model=load_served_model(model_dir),
+        queue=queue,
+        region=settings.region,
+        noisy_neighbors=NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, SHARED_POOL),
+    )
+
+
+def build_upstream_pool(cfg: PoolConfig, events: EventLog) -> UpstreamPool:
+    """An external OpenAI-compatible server; `models` entries are `name` or
+    `name=upstream-name`."""
+    models = []
+    for entry in cfg.models:
+        name, _, upstream_name = entry.partition("=")
+        models.append(UpstreamModel(name, upstream_name or name, cfg.max_model_len))
+    queue = FairQueue(FairQueueConfig(max_in_flight=cfg.max_in_flight))
+    return UpstreamPool(
+        name=cfg.name,
+        upstream=OpenAIUpstream(cfg.base_url, cfg.api_key, cfg.timeout_s, cfg.max_in_flight),
+        models=tuple(models),
+        queue=queue,
+        region=cfg.region,
+        reserved_for=frozenset(cfg.reserved_for),
+        noisy_neighbors=NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, cfg.name),
+    )
+
+
+def build_pools(settings: Settings, events: EventLog) -> tuple[Pool, ...]:
+    pools: list[Pool] = []
+    if settings.builtin_engine:
+        pools.append(build_engine_pool(settings, events))
+    pools.extend(build_upstream_pool(cfg, events) for cfg in settings.pools)
+    if not pools:
+        raise ConfigError(
+            "nothing to serve: the built-in engine is off and no pools are configured "
+            "(pass --pools FILE or drop --no-engine)"
+        )
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"pool names must be unique; {SHARED_POOL!r} is the built-in engine's")
+    return tuple(pools)
+
+
+def build_service(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> Service:
+    """Wire the service; the database is migrated and the pools' backends started by the
+    app's lifespan (which then calls `on_ready`), not here."""
+    events = EventLog()
+    pools = build_pools(settings, events)
     tenancy = build_tenancy(settings)
     limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
-    queue = FairQueue(FairQueueConfig(max_in_flight=settings.scheduler.max_num_seqs))
-    events = EventLog()
-    # One detector per pool; this deployment has one pool (the region's shared one).
-    noisy_neighbors = NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, SHARED_POOL)
+    quota_ledger = create_quota_ledger(settings.redis_url)
     admin_token, _ = ensure_admin_token(settings)
     gateway = Gateway(
-        engine=engine,
-        model=model,
+        pools=pools,
         tenancy=tenancy.service,
         limiter=limiter,
-        queue=queue,
+        quota_ledger=quota_ledger,
         admin_token=admin_token,
-        region=settings.region,
         max_body_bytes=settings.max_body_bytes,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
         policy=PolicyConfig(),
         events=events,
-        noisy_neighbors=noisy_neighbors,
     )
 
     @asynccontextmanager
@@ -156,6 +225,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
             yield
         finally:
             await limiter.close()
+            await quota_ledger.close()
             await tenancy.db.dispose()
 
     def ready() -> None:
@@ -165,13 +235,10 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     app = create_app(gateway, on_ready=ready, resources=resources)
     service = Service(
         settings=settings,
-        model_dir=model_dir,
-        model=model,
-        engine=engine,
+        pools=pools,
         app=app,
         tenancy=tenancy,
         limiter=limiter,
-        queue=queue,
         events=events,
     )
     return service

@@ -8,9 +8,11 @@ of embedded defaults, so a fresh machine runs with no configuration at all.
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tenantserve.errors import ConfigError
 from tenantserve.tenancy.model import Region
@@ -101,6 +103,38 @@ class AuthConfig:
     jwt: JwtConfig = field(default_factory=JwtConfig)
 
 
+POOL_KINDS = ("openai",)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A serving pool beside the built-in engine's: an external OpenAI-compatible server
+    (a vLLM or SGLang deployment, another provider) that the gateway fronts. Requests to it
+    pass through the same authentication, admission, rate limits and fair queue."""
+
+    name: str
+    base_url: str  # up to and including `/v1`
+    models: tuple[str, ...]  # the model names it serves, as tenants call them
+    kind: str = "openai"
+    region: Region = Region.US
+    # Premium tenants whose reserved pool this is; empty: a shared pool.
+    reserved_for: tuple[str, ...] = ()
+    # The upstream's bearer token (read from this environment variable, never a file).
+    api_key: str | None = field(default=None, repr=False)
+    # Requests in flight at the upstream at once; more wait in the pool's fair queue.
+    max_in_flight: int = 256
+    timeout_s: float = 600.0
+    max_model_len: int = 32768
+
+    def __post_init__(self) -> None:
+        if self.kind not in POOL_KINDS:
+            raise ConfigError(f"pool {self.name!r}: kind must be one of {POOL_KINDS}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"pool {self.name!r}: base_url must be an http(s) URL")
+        if not self.models:
+            raise ConfigError(f"pool {self.name!r}: `models` must name at least one model")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything `tenantserve up` needs."""
@@ -128,6 +162,10 @@ class Settings:
     region: Region = Region.US
     # How long an authenticated credential is trusted without asking the database again.
     auth_cache_ttl_s: float = 2.0
+    # False: no built-in engine (and no default model); only the pools below serve.
+    builtin_engine: bool = True
+    # External pools (`--pools FILE` / TENANTSERVE_POOLS_FILE, see `load_pools`).
+    pools: tuple[PoolConfig, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -160,6 +198,10 @@ class Settings:
             s = replace(s, max_body_bytes=_int(v, "MAX_BODY_BYTES"))
         if v := env.get("TENANTSERVE_REGION"):
             s = replace(s, region=_region(v))
+        if v := env.get("TENANTSERVE_BUILTIN_ENGINE"):
+            s = replace(s, builtin_engine=_bool(v, "BUILTIN_ENGINE"))
+        if v := env.get("TENANTSERVE_POOLS_FILE"):
+            s = replace(s, pools=load_pools(Path(v), env))
         s = replace(s, auth=_auth_from_env(s.auth, env))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
@@ -173,6 +215,67 @@ class Settings:
             scheduler=self.scheduler,
             lora=self.lora,
         )
+
+
+def load_pools(path: Path, env: Mapping[str, str] | None = None) -> tuple[PoolConfig, ...]:
+    """The `[[pool]]` tables of a TOML file::
+
+    [[pool]]
+    name = "vllm-llama"            # unique
+    kind = "openai"                # an OpenAI-compatible server
+    base_url = "http://10.0.0.5:8000/v1"
+    models = ["llama-3.1-8b-instruct"]
+    region = "eu"                  # residency: only tenants of this region are served
+    reserved_for = ["ten_..."]     # optional: a premium tenant's reserved pool
+    api_key_env = "VLLM_API_KEY"   # optional: the upstream's bearer token
+    max_in_flight = 256            # optional
+    """
+    env = os.environ if env is None else env
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read the pools file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"the pools file {path} is not valid TOML: {e}") from e
+    pools = [_pool(p, path, env) for p in data.get("pool", [])]
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: pool names must be unique, got {names}")
+    return tuple(pools)
+
+
+def _pool(raw: Any, path: Path, env: Mapping[str, str]) -> PoolConfig:
+    known = {
+        "name", "kind", "base_url", "models", "region", "reserved_for", "api_key_env",
+        "max_in_flight", "timeout_s", "max_model_len",
+    }  # fmt: skip
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise ConfigError(f"{path}: every [[pool]] needs a `name`")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: pool {raw['name']!r} has unknown keys {unknown}")
+    fields_ = dict(raw)
+    if "region" in fields_:
+        fields_["region"] = _region(str(fields_["region"]))
+    for key in ("models", "reserved_for"):
+        if key in fields_:
+            fields_[key] = tuple(fields_[key])
+    if key_env := fields_.pop("api_key_env", None):
+        if key_env not in env:
+            raise ConfigError(f"pool {raw['name']!r}: environment variable {key_env} is not set")
+        fields_["api_key"] = env[key_env]
+    try:
+        return PoolConfig(**fields_)
+    except TypeError as e:
+        raise ConfigError(f"{path}: pool {raw['name']!r}: {e}") from e
+
+
+def _bool(value: str, name: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"TENANTSERVE_{name} must be true or false, got {value!r}")
 
 
 def _auth_from_env(auth: AuthConfig, env: Mapping[str, str]) -> AuthConfig:

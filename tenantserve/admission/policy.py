@@ -40,6 +40,8 @@ class ModelRoute:
     region: Region
     max_model_len: int
     adapter_id: str | None = None  # set when the route is one of the tenant's adapters
+    # The caller's reserved pool for this model, when it has one (premium reservations).
+    reserved_pool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,6 @@ class Denied:
 @dataclass(frozen=True)
 class PolicyConfig:
     tier_caps: Mapping[Tier, TierCaps] = field(default_factory=lambda: dict(DEFAULT_TIER_CAPS))
-    # Premium tenants with a reservation: tenant id -> reserved pool.
-    reserved_pools: Mapping[str, str] = field(default_factory=dict)
 
 
 def decide(
@@ -142,7 +142,9 @@ def decide(
         )
     else:
         max_tokens = req.max_tokens
+    # A reservation is a premium feature: a tenant moved to a lower tier uses the shared
+    # pool again (unless its reserved pool is the only one serving the model).
     pool = route.pool
-    if ctx.tier is Tier.PREMIUM and ctx.tenant_id in cfg.reserved_pools:
-        pool = cfg.reserved_pools[ctx.tenant_id]
+    if route.reserved_pool is not None and ctx.tier is Tier.PREMIUM:
+        pool = route.reserved_pool
     return Admitted(route=route, pool=pool, max_tokens=max_tokens, priority=ctx.tier.priority)

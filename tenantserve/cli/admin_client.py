@@ -48,6 +48,8 @@ class TenantPatch(TypedDict, total=False):
     region: str
     status: str
     limits: dict[str, int | None]
+    # The whole new quota list (`[]` removes them all).
+    quotas: list[dict[str, Any]]
 
 
 class AdminClient(Protocol):
@@ -95,6 +97,7 @@ class DirectAdminClient:
             region=patch.get("region"),
             status=patch.get("status"),
             limits=patch.get("limits"),
+            quotas=patch.get("quotas"),
         )
         return tenant_json(tenant)
 

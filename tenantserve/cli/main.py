@@ -13,6 +13,7 @@ import shlex
 import sys
 import threading
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 
@@ -20,7 +21,7 @@ import typer
 
 from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
 from tenantserve.cli.tenants import key_app, tenant_app
-from tenantserve.config import Settings
+from tenantserve.config import Settings, load_pools
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.engine.tokenizer import Tokenizer
@@ -61,6 +62,21 @@ def up(
         str | None,
         typer.Option(help="fp32, bf16 or int8 weights (default fp32).", show_default=False),
     ] = None,
+    pools: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of external OpenAI-compatible pools (`[[pool]]` tables: name, "
+            "base_url, models, region, reserved_for).",
+            show_default=False,
+        ),
+    ] = None,
+    engine: Annotated[
+        bool,
+        typer.Option(
+            "--engine/--no-engine",
+            help="Run the built-in engine (default); --no-engine serves only --pools.",
+        ),
+    ] = True,
     demo: Annotated[
         bool,
         typer.Option(
@@ -79,6 +95,10 @@ def up(
         settings = Settings.from_env(
             host=host, port=port, data_dir=data_dir, device=device, quantization=quantization
         )
+        if pools is not None:
+            settings = replace(settings, pools=load_pools(pools))
+        if not engine:
+            settings = replace(settings, builtin_engine=False)
         admin_line = _admin_token_line(settings, *ensure_admin_token(settings))
         demos = asyncio.run(_demo_tenants(settings)) if demo else []
         service = build_service(settings, on_ready=lambda s: _print_banner(s, admin_line, demos))
@@ -87,7 +107,10 @@ def up(
     except CommandError as e:
         _err(f"error: {e}")
         raise typer.Exit(code=e.exit_code) from None
-    _err(f"starting the engine for {service.model.name} on {settings.device}")
+    if settings.builtin_engine:
+        _err(f"starting the engine for {service.model.name} on {settings.device}")
+    for pool in settings.pools:
+        _err(f"pool {pool.name}: {', '.join(pool.models)} at {pool.base_url} ({pool.region})")
     uvicorn.run(service.app, host=settings.host, port=settings.port, log_level="info")
 
 
@@ -216,7 +239,8 @@ def _admin_token_line(settings: Settings, token: str, created: bool) -> str:
 
 
 def _print_banner(service: Service, admin_line: str, demos: list[DemoTenant]) -> None:
-    settings, model_name = service.settings, service.model.name
+    settings = service.settings
+    model_name = next(iter(_served_models(service)), "")
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     base = f"http://{host}:{settings.port}"
     # max_tokens bounds the answer: without it a sampled reply may run to the tier's cap.
@@ -227,7 +251,8 @@ def _print_banner(service: Service, admin_line: str, demos: list[DemoTenant]) ->
             "max_tokens": 64,
         }
     )
-    lines = [f"\ntenantserve is serving {model_name} at {base}/v1", "", admin_line, ""]
+    served = ", ".join(_served_models(service))
+    lines = [f"\ntenantserve is serving {served} at {base}/v1", "", admin_line, ""]
     if demos:
         lines += _demo_table(settings, demos)
     standard = next((d for d in demos if d.name == "demo-standard"), None)
@@ -249,6 +274,16 @@ def _print_banner(service: Service, admin_line: str, demos: list[DemoTenant]) ->
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _served_models(service: Service) -> list[str]:
+    from tenantserve.gateway.pools import EnginePool
+
+    names: list[str] = []
+    for pool in service.pools:
+        models = [pool.model] if isinstance(pool, EnginePool) else pool.models
+        names += [m.name for m in models if m.name not in names]
+    return names
 
 
 def _demo_table(settings: Settings, demos: list[DemoTenant]) -> list[str]:

@@ -1,4 +1,5 @@
-"""`tenantserve tenant create|list|update` and `tenantserve key create|revoke`.
+"""`tenantserve tenant create|list|update` (tier, region, status, limits, quotas) and
+`tenantserve key create|revoke`.
 
 Each command prints the admin API's JSON on stdout. Without `--url` it works on the
 data dir's database directly; with `--url` (or TENANTSERVE_URL) it goes through the
@@ -104,11 +105,22 @@ def tenant_update(
             show_default=False,
         ),
     ] = None,
+    quotas: Annotated[
+        str | None,
+        typer.Option(
+            help="The tenant's whole quota list as JSON (replaces the current one; '[]' "
+            'removes them), e.g. \'[{"metric": "tokens", "period": "month", "limit": 1000000, '
+            '"enforcement": "hard"}]\'. metric: requests, tokens, prompt_tokens or '
+            "completion_tokens; period: day or month (UTC); enforcement: hard (refuse) or "
+            "soft (clamp max_tokens and alert).",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     url: UrlOption = None,
     admin_token: AdminTokenOption = None,
 ) -> None:
-    """Change a tenant's tier, region, status or limits; prints the updated JSON."""
+    """Change a tenant's tier, region, status, limits or quotas; prints the updated JSON."""
     patch = TenantPatch()
     if tier is not None:
         patch["tier"] = tier
@@ -118,8 +130,14 @@ def tenant_update(
         patch["status"] = status
     if limits is not None:
         patch["limits"] = _parse_limits(limits)
+    if quotas is not None:
+        patch["quotas"] = _parse_quotas(quotas)
     if not patch:
-        _fail(CommandError("nothing to change: pass --tier, --region, --status or --limits", 2))
+        _fail(
+            CommandError(
+                "nothing to change: pass --tier, --region, --status, --limits or --quotas", 2
+            )
+        )
     _run(
         data_dir,
         url,
@@ -180,6 +198,21 @@ def _parse_limits(text: str) -> dict[str, int | None]:
 
 
 _LIMITS_EXAMPLE = "'{\"requests_per_minute\": 10}'"
+
+
+def _parse_quotas(text: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        _fail(CommandError(f"--quotas is not valid JSON ({e}); e.g. {_QUOTAS_EXAMPLE}", 2))
+    if not isinstance(data, list) or not all(isinstance(q, dict) for q in data):
+        _fail(CommandError(f"--quotas must be a JSON list of objects, e.g. {_QUOTAS_EXAMPLE}", 2))
+    return data
+
+
+_QUOTAS_EXAMPLE = (
+    '\'[{"metric": "tokens", "period": "month", "limit": 1000000, "enforcement": "hard"}]\''
+)
 
 
 def _run(

@@ -5,36 +5,34 @@
     /admin/...                    `routes_admin.py`: Bearer admin token
 
 Every request gets an id and a body-size limit (`middleware.py`); every error leaves in
-OpenAI's shape (`errors.py`). The parts (engine, tenancy, limiter, queue, noisy-neighbour
-monitor, operator event log) are built by
-the composition root (`bootstrap.py`) and handed in as a `Gateway`.
+OpenAI's shape (`errors.py`). The parts (the pools with their backends, fair queues and
+noisy-neighbour monitors; tenancy, limiter, operator event log) are built by the
+composition root (`bootstrap.py`) and handed in as a `Gateway`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
 from tenantserve.admission.limiter import RateLimiter
 from tenantserve.admission.policy import PolicyConfig
+from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.gateway.auth import DEFAULT_TTL_S, Authenticator
-from tenantserve.gateway.catalog import ModelCatalog, ServedModel
+from tenantserve.gateway.catalog import ServedModel
 from tenantserve.gateway.dispatch import Dispatcher
-from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.errors import install_error_handlers
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
+from tenantserve.gateway.pools import EnginePool, Pool, UpstreamPool, build_catalog
 from tenantserve.gateway.routes_admin import AdminRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
-from tenantserve.scheduling.fair_queue import FairQueue
-from tenantserve.tenancy.model import Region
 from tenantserve.tenancy.service import TenancyService
 
-__all__ = ["Gateway", "ServedModel", "create_app"]
+__all__ = ["EnginePool", "Gateway", "ServedModel", "UpstreamPool", "create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 
@@ -43,20 +41,17 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 class Gateway:
     """What the app serves with; the composition root builds every part."""
 
-    engine: EngineClient
-    model: ServedModel
+    pools: Sequence[Pool]
     tenancy: TenancyService
     limiter: RateLimiter
-    queue: FairQueue
     admin_token: str
-    region: Region = Region.US
+    # Per-tenant quota usage; None: counted in this process only.
+    quota_ledger: QuotaLedger | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     auth_cache_ttl_s: float = DEFAULT_TTL_S
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    # What operators see at `GET /admin/events`; the monitor appends to the same log.
+    # What operators see at `GET /admin/events`; the pools' monitors append to it.
     events: EventLog = field(default_factory=EventLog)
-    # None: no noisy-neighbour detection on this pool.
-    noisy_neighbors: NoisyNeighborMonitor | None = None
 
 
 def create_app(
@@ -65,29 +60,32 @@ def create_app(
     resources: Callable[[], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
     """The ASGI app. Its lifespan enters `resources` (database migrations, connections to
-    close at shutdown), starts the engine, then calls `on_ready`; it stops them in reverse."""
+    close at shutdown), starts the pools' backends, then calls `on_ready`; it stops them in
+    reverse."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with resources() if resources is not None else nullcontext():
-            await gateway.engine.start()
-            try:
-                if on_ready is not None:
-                    on_ready()
-                yield
-            finally:
-                await gateway.engine.shutdown()
+        async with (
+            resources() if resources is not None else nullcontext(),
+            AsyncExitStack() as stack,
+        ):
+            for pool in gateway.pools:
+                await pool.start()
+                stack.push_async_callback(pool.shutdown)
+            if on_ready is not None:
+                on_ready()
+            yield
 
     app = FastAPI(title="tenantserve", lifespan=lifespan)
     auth = Authenticator(gateway.tenancy, ttl_s=gateway.auth_cache_ttl_s)
-    catalog = ModelCatalog(gateway.model, gateway.region)
+    catalog = build_catalog(gateway.pools)
     dispatcher = Dispatcher(
-        gateway.engine,
+        gateway.pools,
         catalog,
         gateway.limiter,
-        gateway.queue,
         gateway.policy,
-        noisy_neighbors=gateway.noisy_neighbors,
+        quota_ledger=gateway.quota_ledger,
+        events=gateway.events,
     )
     api = OpenAIRoutes(auth, catalog, dispatcher)
 

@@ -1,13 +1,19 @@
 """The models this gateway serves, as each caller may name and see them.
 
-One served model today: its public name and a lower-case alias, both routed to the
-shared pool of this deployment's region. The model registry (a later issue) replaces
-the single `ServedModel` with versions, tenant aliases and adapters.
+An entry is one model served by one pool (`pools.py` builds them): its public name, a
+lower-case alias, the pool, the pool's region, and the premium tenants the pool is
+reserved for (empty: shared). A caller's view (`routes`) has, per name, the shared pool
+in the caller's region (else one elsewhere, which admission refuses for residency), and
+the caller's reserved pool for that model if it has one. Models served only by pools
+reserved for others are not in the view at all: such a name is "not found".
+
+The model registry (a later issue) replaces the static entries with versions, tenant
+aliases and adapters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from tenantserve.admission.policy import ModelRoute
@@ -19,7 +25,7 @@ SHARED_POOL = "shared"
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The model behind the API: its public name, tokenizer and context window."""
+    """A model of the built-in engine: its public name, tokenizer and context window."""
 
     name: str
     tokenizer: Tokenizer
@@ -27,30 +33,90 @@ class ServedModel:
     created: int = 0
 
 
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One model served by one pool."""
+
+    name: str
+    pool: str
+    region: Region
+    max_context_tokens: int
+    created: int = 0
+    # None: the backend tokenizes (an upstream); prompts are estimated for admission.
+    tokenizer: Tokenizer | None = None
+    reserved_for: frozenset[str] = frozenset()
+
+    def visible_to(self, tenant_id: str) -> bool:
+        return not self.reserved_for or tenant_id in self.reserved_for
+
+
 class ModelCatalog:
     """Routes by the names a caller may put in `model`, and what `/v1/models` shows it."""
 
-    def __init__(self, model: ServedModel, region: Region, pool: str = SHARED_POOL) -> None:
-        self.model = model
-        route = ModelRoute(
-            model_id=model.name,
-            # No registry yet: the served directory is the one version there is.
-            target=model.name,
-            pool=pool,
-            region=region,
-            max_model_len=model.max_context_tokens,
+    def __init__(self, entries: Iterable[CatalogEntry]) -> None:
+        self._by_name: dict[str, list[CatalogEntry]] = {}
+        for entry in entries:
+            self._by_name.setdefault(entry.name, []).append(entry)
+        self._reserved_tenants = frozenset(
+            t for group in self._by_name.values() for e in group for t in e.reserved_for
         )
-        alias = replace(route, model_id=model.name.lower())
-        self._routes: dict[str, ModelRoute] = {route.model_id: route, alias.model_id: alias}
-        self._canonical = route
+        # Views depend only on the region and, for tenants with a reservation, the tenant.
+        self._views: dict[tuple[Region, str], dict[str, ModelRoute]] = {}
 
     def routes(self, ctx: TenantContext) -> Mapping[str, ModelRoute]:
-        """The caller's view for `decide()`: every name routed (public models only so far,
-        so the same for every caller; `decide` applies the key scope and residency)."""
-        return self._routes
+        """The caller's view for `decide()`: every name (and alias) it may address.
+        `decide` then applies the key scope, residency and the reserved pool."""
+        who = ctx.tenant_id if ctx.tenant_id in self._reserved_tenants else ""
+        view = self._views.get((ctx.region, who))
+        if view is None:
+            view = self._views[(ctx.region, who)] = self._view(ctx.region, ctx.tenant_id)
+        return view
 
     def visible(self, ctx: TenantContext) -> list[ModelRoute]:
         """The canonical routes the caller may use: its key scope and region applied."""
-        route = self._canonical
-        allowed = ctx.allows_model(route.model_id) or ctx.allows_model(route.target)
-        return [route] if allowed and route.region == ctx.region else []
+        return [
+            route
+            for name, route in self.routes(ctx).items()
+            if name == route.target
+            and route.region == ctx.region
+            and (ctx.allows_model(route.model_id) or ctx.allows_model(route.target))
+        ]
+
+    def tokenizer(self, name: str) -> Tokenizer | None:
+        """The tokenizer of a model (by name or alias), when the gateway has one."""
+        for entry in self._by_name.get(name) or self._by_name.get(self._canonical(name), []):
+            if entry.tokenizer is not None:
+                return entry.tokenizer
+        return None
+
+    def created(self, name: str) -> int:
+        entries = self._by_name.get(name, [])
+        return entries[0].created if entries else 0
+
+    def _canonical(self, name: str) -> str:
+        for canonical in self._by_name:
+            if canonical.lower() == name:
+                return canonical
+        return name
+
+    def _view(self, region: Region, tenant_id: str) -> dict[str, ModelRoute]:
+        view: dict[str, ModelRoute] = {}
+        for name, group in self._by_name.items():
+            usable = [e for e in group if e.visible_to(tenant_id)]
+            if not usable:
+                continue
+            shared = [e for e in usable if not e.reserved_for]
+            reserved = [e for e in usable if e.reserved_for and e.region == region]
+            local = [e for e in shared if e.region == region]
+            base = (local or reserved or shared or usable)[0]
+            route = ModelRoute(
+                model_id=name,
+                target=name,  # no registry yet: the name is the one version there is
+                pool=base.pool,
+                region=base.region,
+                max_model_len=base.max_context_tokens,
+                reserved_pool=reserved[0].pool if reserved else None,
+            )
+            view[name] = route
+            view.setdefault(name.lower(), replace(route, model_id=name.lower()))
+        return view

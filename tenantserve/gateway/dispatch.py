@@ -1,36 +1,60 @@
-"""Dispatcher: an authenticated, tokenized request through admission and the fair queue
-into the engine.
+"""Dispatcher: an authenticated request through admission and its pool's fair queue into
+the pool's backend.
 
-    decide()            model, key scope, residency, size caps  -> ApiError(Denied)
-    limiter.reserve()   RPM + TPM (prompt + max_tokens) + slot   -> 429 / 503 + Retry-After
-    queue.acquire()     tier priority, VTC fair share           -> QueueFull 429 / Shed 503
-    engine.generate()   tenant id, scheduled tier, tenant cache salt
+    decide()            model, key scope, residency, size caps, pool -> ApiError(Denied)
+    check_quotas()      the tenant's day/month quotas (ledger usage) -> 429 quota_exceeded;
+                        soft: max_tokens clamped, `soft_quota_exceeded` event
+    limiter.reserve()   RPM + TPM (prompt + max_tokens) + slot         -> 429 / 503 + Retry-After
+    queue.acquire()     tier priority, VTC fair share (the pool's)    -> QueueFull 429 / Shed 503
+    backend             engine: tenant id, scheduled tier, tenant cache salt
+                        upstream: the request forwarded, usage from its reply
 
-All of it happens before any model work. When the generation closes, however it ends
-(finished, failed, client gone), the slot goes back to the queue with the true token
-counts, the reservation is committed with the tokens actually used, and the pool's
+All of it happens before any model work. The result of the first three is an
+`Admission`; when it closes, however the request ended (finished, failed, client gone),
+the slot goes back to the queue with the true token counts, the reservation is committed
+with the tokens actually used, the quota ledger is charged, and the pool's
 noisy-neighbour monitor records the tenant's tokens and TTFT (it may demote the tenant).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 from tenantserve.admission.limiter import RateLimiter, Reject, Reservation
 from tenantserve.admission.limits import RateLimits
-from tenantserve.admission.policy import AdmissionRequest, Denied, PolicyConfig, decide
+from tenantserve.admission.policy import (
+    AdmissionRequest,
+    Admitted,
+    Denied,
+    PolicyConfig,
+    decide,
+)
+from tenantserve.admission.quota_ledger import QuotaLedger
+from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
+from tenantserve.admission.quotas import QuotaExceeded, SoftAlertFilter, check_quotas
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.gateway.catalog import ModelCatalog
-from tenantserve.gateway.engine_client import EngineClient
-from tenantserve.gateway.errors import api_error_from_denied, api_error_from_reject
-from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
+from tenantserve.gateway.errors import (
+    ApiError,
+    api_error_from_denied,
+    api_error_from_quota,
+    api_error_from_reject,
+)
+from tenantserve.gateway.events import EventLog
+from tenantserve.gateway.pools import EnginePool, Pool
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.streaming import Generation
-from tenantserve.scheduling.fair_queue import FairQueue, Ticket
+from tenantserve.scheduling.fair_queue import Grant, Ticket
 from tenantserve.tenancy.model import TenantContext
 
 logger = logging.getLogger(__name__)
+
+Body = ChatCompletionRequest | CompletionRequest
 
 
 def rate_limits_for(ctx: TenantContext) -> RateLimits:
@@ -44,52 +68,88 @@ def rate_limits_for(ctx: TenantContext) -> RateLimits:
     )
 
 
+@dataclass
+class Admission:
+    """An admitted request: its decision, rate-limit reservation and queue slot. `close`
+    gives them back (once) with what the request really used."""
+
+    ctx: TenantContext
+    request_id: str
+    pool: Pool
+    decision: Admitted
+    grant: Grant
+    num_prompt_tokens: int
+    # Seconds spent deciding, reserving and queueing (the `admission` server timing).
+    admission_s: float
+    _dispatcher: Dispatcher
+    _reservation: Reservation
+    _closed: bool = field(default=False, init=False)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.decision.max_tokens
+
+    async def close(
+        self, prompt_tokens: int, completion_tokens: int, ttft_s: float | None = None
+    ) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.pool.queue.release(self.grant, prompt_tokens, completion_tokens)
+        total = prompt_tokens + completion_tokens
+        if self.pool.noisy_neighbors is not None:
+            self.pool.noisy_neighbors.record(self.ctx.tenant_id, total, ttft_s)
+        await asyncio.gather(
+            self._dispatcher._commit(self._reservation, total),
+            self._dispatcher._charge(self.ctx.tenant_id, prompt_tokens, completion_tokens),
+        )
+
+
 class Dispatcher:
-    """Admits, rate-limits and schedules requests for one pool's engine."""
+    """Admits, rate-limits and schedules requests onto the pools."""
 
     def __init__(
         self,
-        engine: EngineClient,
+        pools: Sequence[Pool],
         catalog: ModelCatalog,
         limiter: RateLimiter,
-        queue: FairQueue,
         policy: PolicyConfig,
-        noisy_neighbors: NoisyNeighborMonitor | None = None,
+        quota_ledger: QuotaLedger | None = None,
+        events: EventLog | None = None,
     ) -> None:
-        self.engine = engine
+        self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
         self.catalog = catalog
         self.limiter = limiter
-        self.queue = queue
         self.policy = policy
-        self.noisy_neighbors = noisy_neighbors
+        self.quota_ledger: QuotaLedger = quota_ledger or LocalQuotaLedger()
+        self.events = events if events is not None else EventLog()
+        self._quota_alerts = SoftAlertFilter()
 
-    async def dispatch(
+    async def admit(
         self,
         ctx: TenantContext,
         request_id: str,
-        body: ChatCompletionRequest | CompletionRequest,
-        prompt: Sequence[int],
+        body: Body,
+        num_prompt_tokens: int,
         prompt_param: str,
-    ) -> Generation:
-        """The started generation; raises ApiError (denied, rate limited), Overloaded (queue)
-        or what the engine raised at start. Nothing is held once it raises."""
-        admission = AdmissionRequest(body.model, len(prompt), body.requested_max_tokens())
+    ) -> Admission:
+        """Decide, reserve, queue; raises ApiError (denied, rate limited) or Overloaded
+        (queue). Nothing is held once it raises."""
+        started = time.perf_counter()
+        admission = AdmissionRequest(body.model, num_prompt_tokens, body.requested_max_tokens())
         decision = decide(ctx, admission, self.catalog.routes(ctx), self.policy)
         if isinstance(decision, Denied):
             if decision.param == "messages":
                 decision = Denied(decision.status, decision.code, decision.message, prompt_param)
             raise api_error_from_denied(decision)
-        sampling = SamplingParams(
-            max_tokens=decision.max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0,
-            seed=body.seed,
-            stop=body.stop_sequences(),
-        )
+        pool = self.pools.get(decision.pool)
+        if pool is None:  # a catalog naming a pool that is not configured
+            raise ApiError(503, f"pool {decision.pool} is not running", "server_error")
+        if ctx.quotas:
+            decision = await self._check_quotas(ctx, decision, num_prompt_tokens)
 
         limits = rate_limits_for(ctx)
-        tokens = len(prompt) + decision.max_tokens
+        tokens = num_prompt_tokens + decision.max_tokens
         reserved = await self.limiter.reserve(ctx.tenant_id, ctx.tier, limits, tokens, request_id)
         if isinstance(reserved, Reject):
             raise api_error_from_reject(reserved)
@@ -99,39 +159,110 @@ class Dispatcher:
             request_id=request_id,
             tenant_id=ctx.tenant_id,
             tier=ctx.tier,
-            est_input_tokens=len(prompt),
+            est_input_tokens=num_prompt_tokens,
             est_output_tokens=decision.max_tokens,
-            arrival_time=self.queue.clock(),
+            arrival_time=pool.queue.clock(),
         )
         try:
-            grant = await self.queue.acquire(ticket)
+            grant = await pool.queue.acquire(ticket)
         except BaseException:
-            await self.limiter.commit(reservation, 0)
+            await self._commit(reservation, 0)
             raise
+        return Admission(
+            ctx=ctx,
+            request_id=request_id,
+            pool=pool,
+            decision=decision,
+            grant=grant,
+            num_prompt_tokens=num_prompt_tokens,
+            admission_s=time.perf_counter() - started,
+            _dispatcher=self,
+            _reservation=reservation,
+        )
+
+    async def dispatch(
+        self,
+        ctx: TenantContext,
+        request_id: str,
+        body: Body,
+        prompt: Sequence[int],
+        prompt_param: str,
+    ) -> Generation:
+        """Admit a tokenized request and start it on a built-in engine pool."""
+        admission = await self.admit(ctx, request_id, body, len(prompt), prompt_param)
+        return await self.start_generation(admission, body, prompt)
+
+    async def start_generation(
+        self, admission: Admission, body: Body, prompt: Sequence[int]
+    ) -> Generation:
+        """The started generation on the admitted engine pool; closing it closes the
+        admission. Raises what the engine raised at start (the admission closed)."""
+        pool = admission.pool
+        if not isinstance(pool, EnginePool):
+            await admission.close(0, 0)
+            raise TypeError(f"pool {pool.name} is not an engine pool")
+        sampling = SamplingParams(
+            max_tokens=admission.max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k or 0,
+            seed=body.seed,
+            stop=body.stop_sequences(),
+        )
+        request = EngineRequest(
+            request_id=admission.request_id,
+            prompt_token_ids=tuple(prompt),
+            sampling=sampling,
+            tenant_id=admission.ctx.tenant_id,
+            tier=admission.grant.tier,
+            cache_salt=admission.ctx.tenant_id,
+        )
 
         async def release(generation: Generation) -> None:
             usage = generation.usage()
-            self.queue.release(grant, usage.prompt_tokens, usage.completion_tokens)
-            if self.noisy_neighbors is not None:
-                ttft_s = generation.metrics.ttft_s if generation.metrics else None
-                self.noisy_neighbors.record(ctx.tenant_id, usage.total_tokens, ttft_s)
-            await self._commit(reservation, usage.total_tokens)
+            ttft_s = generation.metrics.ttft_s if generation.metrics else None
+            await admission.close(usage.prompt_tokens, usage.completion_tokens, ttft_s)
 
-        request = EngineRequest(
-            request_id=request_id,
-            prompt_token_ids=tuple(prompt),
-            sampling=sampling,
-            tenant_id=ctx.tenant_id,
-            tier=grant.tier,
-            cache_salt=ctx.tenant_id,
-        )
         try:
-            return await Generation.start(self.engine, request, on_close=release)
+            return await Generation.start(pool.engine, request, on_close=release)
         except BaseException:
-            # `release` ran when the failed generation closed; these are no-ops then.
-            self.queue.release(grant, 0, 0)
-            await self._commit(reservation, 0)
+            await admission.close(0, 0)  # a no-op when `release` ran
             raise
+
+    async def _check_quotas(
+        self, ctx: TenantContext, decision: Admitted, num_prompt_tokens: int
+    ) -> Admitted:
+        """The decision with max_tokens clamped by the tenant's quotas; 429 when a hard one
+        is spent. A soft quota crossed is an operator event (once per tenant and period)."""
+        now = datetime.now(UTC)
+        used = await self.quota_ledger.usage(ctx.tenant_id, ctx.quotas, now)
+        checked = check_quotas(ctx.quotas, used, num_prompt_tokens, decision.max_tokens, now)
+        if isinstance(checked, QuotaExceeded):
+            raise api_error_from_quota(checked)
+        for alert in checked.alerts:
+            if self._quota_alerts.first_time(ctx.tenant_id, alert):
+                details = {
+                    **alert.quota.to_dict(),
+                    "used": alert.used,
+                    "period_key": alert.period_key,
+                    "max_tokens": checked.max_tokens,
+                }
+                self.events.append("soft_quota_exceeded", ctx.tenant_id, details)
+        return replace(decision, max_tokens=checked.max_tokens)
+
+    async def _charge(self, tenant_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count a request that ran against the tenant's quota periods."""
+        if prompt_tokens == 0 and completion_tokens == 0:
+            return  # never ran (refused or failed at start)
+        try:
+            await self.quota_ledger.record(
+                tenant_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                now=datetime.now(UTC),
+            )
+        except Exception:  # ledgers swallow store failures; this guards against bugs
+            logger.exception("quota ledger record failed for %s", tenant_id)
 
     async def _commit(self, reservation: Reservation, actual_tokens: int) -> None:
         try:

@@ -4,6 +4,7 @@
     ApiError                  raised by the routes; a malformed body too   -> its status
       (body too large)                                                     -> 413
       (admission Denied)      unknown model 404, key scope / region 403    -> its status
+      (quota exceeded)        quota_exceeded, Retry-After: period end      -> 429
       (limiter Reject)        rate_limit_exceeded, Retry-After             -> 429
                               limiter_unavailable (fail closed)            -> 503
     ClientGone                the client hung up before the response       -> 499, no body
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException
 
 from tenantserve.admission.limiter import Reject
 from tenantserve.admission.policy import Denied
+from tenantserve.admission.quotas import QuotaExceeded
 from tenantserve.errors import (
     AuthenticationError,
     AuthError,
@@ -100,7 +102,11 @@ def api_error_from_validation(e: ValidationError) -> ApiError:
 async def parse_body(request: Request, schema: type[Body]) -> Body:
     """The JSON body validated against `schema`, whatever the Content-Type says; a 400
     naming the first problem otherwise."""
-    raw = await request.body()
+    return parse_json(await request.body(), schema)
+
+
+def parse_json(raw: bytes, schema: type[Body]) -> Body:
+    """`raw` validated against `schema`; a 400 naming the first problem otherwise."""
     try:
         return schema.model_validate_json(raw)
     except ValidationError as e:
@@ -136,6 +142,14 @@ def api_error_from_reject(reject: Reject) -> ApiError:
     message = f"Rate limit reached ({limit}); retry after {headers['Retry-After']} s."
     type_ = "tokens" if reject.reason == "tokens_per_minute" else "requests"
     return ApiError(429, message, type_, code="rate_limit_exceeded", headers=headers)
+
+
+def api_error_from_quota(exceeded: QuotaExceeded) -> ApiError:
+    """A hard quota's refusal as 429 quota_exceeded, Retry-After at the period's end."""
+    headers = retry_after(exceeded.retry_after_s)
+    return ApiError(
+        429, exceeded.message, "insufficient_quota", code="quota_exceeded", headers=headers
+    )
 
 
 def api_error_from_overload(e: Overloaded) -> ApiError:

@@ -4,16 +4,19 @@ Bearer admin token.
     POST   /admin/tenants              {"name", "tier", "region"}        -> 201 tenant
     GET    /admin/tenants                                                -> {"data": [tenant]}
     GET    /admin/tenants/{id}                                           -> tenant
-    PATCH  /admin/tenants/{id}         {"name"?, "tier"?, "region"?, "status"?, "limits"?}
+    PATCH  /admin/tenants/{id}         {"name"?, "tier"?, "region"?, "status"?, "limits"?,
+                                        "quotas"?: [{"metric", "period", "limit",
+                                                     "enforcement"}]}  -> tenant
     POST   /admin/tenants/{id}/keys    {"expires_days"?, "allowed_models"?} -> 201 key + `key`
     GET    /admin/tenants/{id}/keys                                      -> {"data": [key]}
     DELETE /admin/keys/{key_id}        revoke (idempotent)               -> key
     GET    /admin/events               operator events, oldest first     -> {"data": [event]}
 
 JSON as `tenancy/views.py` writes it (the CLI prints the same). A missing or wrong token is
-401 (tenant keys included); bad fields are 400, unknown ids 404. Changes that affect
-authentication (status, tier, region, limits, revocation) drop the tenant's or key's
-cached credentials at once.
+401 (tenant keys included); bad fields are 400, unknown ids 404. `quotas` replaces the
+tenant's whole list (`[]` removes them). Changes that affect authentication (status,
+tier, region, limits, quotas, revocation) drop the tenant's or key's cached credentials
+at once.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class TenantPatch(_Strict):
     status: str | None = None
     # A null limit resets it to the tier's default.
     limits: dict[str, int | None] | None = None
+    # The whole new list; each item is checked by `Quota.from_dict` (400 naming the choices).
+    quotas: list[dict[str, Any]] | None = None
 
 
 class KeyCreate(_Strict):
@@ -104,6 +109,7 @@ class AdminRoutes:
             region=body.region,
             status=body.status,
             limits=body.limits,
+            quotas=body.quotas,
         )
         self.auth.invalidate_tenant(tenant.id)
         return tenant_json(tenant)

@@ -2,8 +2,13 @@
 
     GET  /v1/models               the models the caller may use (key scope, region)
     GET  /v1/models/{id}          one of them; 404 for any other
-    POST /v1/chat/completions     messages -> chat template -> dispatcher -> engine
-    POST /v1/completions          prompt (text or token ids) -> dispatcher -> engine
+    POST /v1/chat/completions     messages -> chat template -> dispatcher -> pool backend
+    POST /v1/completions          prompt (text or token ids) -> dispatcher -> pool backend
+
+On an engine pool the gateway tokenizes (the count admission checks is exact); on an
+upstream pool the client's JSON is forwarded (`gateway/upstream.py`) and the prompt is
+counted with the model's tokenizer when the gateway has it, else estimated from its
+length (the reservation is corrected by the upstream's usage).
 
 A completion's `id` is `chatcmpl-<request id>` / `cmpl-<request id>`, the same id the
 `x-request-id` header carries. Outputs leave whole or as server-sent events
@@ -13,18 +18,22 @@ A completion's `id` is `chatcmpl-<request id>` / `cmpl-<request id>`, the same i
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.catalog import ModelCatalog
-from tenantserve.gateway.dispatch import Dispatcher
-from tenantserve.gateway.errors import ApiError, parse_body
+from tenantserve.gateway.dispatch import Admission, Body, Dispatcher
+from tenantserve.gateway.errors import ApiError, parse_json
 from tenantserve.gateway.middleware import request_id
+from tenantserve.gateway.pools import UpstreamPool
 from tenantserve.gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -41,22 +50,25 @@ from tenantserve.gateway.schemas import (
     Usage,
 )
 from tenantserve.gateway.streaming import (
+    EventStream,
     Generation,
+    await_while_connected,
     collect_while_connected,
     openai_finish_reason,
     sse,
 )
+from tenantserve.gateway.upstream import UpstreamUsage
 from tenantserve.tenancy.model import TenantContext
 
 
 class OpenAIRoutes:
-    """The `/v1` handlers: authenticate, tokenize, dispatch, answer."""
+    """The `/v1` handlers: authenticate, count the prompt, admit, run on the admitted
+    pool's backend, answer."""
 
     def __init__(self, auth: Authenticator, catalog: ModelCatalog, dispatcher: Dispatcher) -> None:
         self.auth = auth
         self.catalog = catalog
         self.dispatcher = dispatcher
-        self.served = catalog.model
 
     async def models(self, request: Request) -> ModelList:
         ctx = await self._authenticate(request)
@@ -77,68 +89,175 @@ class OpenAIRoutes:
 
     async def chat_completions(self, request: Request) -> Response:
         ctx = await self._authenticate(request)
-        body = await parse_body(request, ChatCompletionRequest)
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        prompt = await asyncio.to_thread(self.served.tokenizer.encode_chat, messages)
+        raw = await request.body()
+        body = parse_json(raw, ChatCompletionRequest)
         rid = request_id(request)
-        outputs = await self.dispatcher.dispatch(ctx, rid, body, prompt, "messages")
+        tokenizer = self.catalog.tokenizer(body.model)
+        prompt: list[int] | None = None
+        if tokenizer is not None:
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
+            ]
+            prompt = await asyncio.to_thread(tokenizer.encode_chat, messages)
+        num_prompt = len(prompt) if prompt is not None else body.estimated_prompt_tokens()
+        admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "messages")
+        if isinstance(admission.pool, UpstreamPool):
+            return await self._forward(request, admission, raw, body, "/chat/completions")
+        outputs = await self._start(admission, body, prompt)
         completion_id, created = f"chatcmpl-{rid}", int(time.time())
+        model = admission.decision.route.target
+        headers = _server_timing(admission)
         if body.stream:
-            return sse(outputs, self._chat_chunks(outputs, body, completion_id, created))
+            chunks = self._chat_chunks(outputs, body, completion_id, created, model)
+            return sse(outputs, chunks, headers)
         text, finish_reason = await collect_while_connected(request, outputs)
         return _json(
             ChatCompletion(
                 id=completion_id,
                 created=created,
-                model=self.served.name,
+                model=model,
                 choices=[
                     ChatChoice(message=AssistantMessage(content=text), finish_reason=finish_reason)
                 ],
                 usage=outputs.usage(),
-            )
+            ),
+            headers,
         )
 
     async def completions(self, request: Request) -> Response:
         ctx = await self._authenticate(request)
-        body = await parse_body(request, CompletionRequest)
-        if isinstance(body.prompt, str):
-            prompt = await asyncio.to_thread(self.served.tokenizer.encode, body.prompt)
-        elif isinstance(body.prompt[0], str):
-            prompt = await asyncio.to_thread(self.served.tokenizer.encode, str(body.prompt[0]))
-        else:
-            prompt = [int(t) for t in body.prompt]
-        if not prompt:
-            raise ApiError(400, "the prompt encodes to no tokens", param="prompt")
+        raw = await request.body()
+        body = parse_json(raw, CompletionRequest)
         rid = request_id(request)
-        outputs = await self.dispatcher.dispatch(ctx, rid, body, prompt, "prompt")
+        tokenizer = self.catalog.tokenizer(body.model)
+        prompt: list[int] | None = None
+        if not isinstance(body.prompt, str) and not isinstance(body.prompt[0], str):
+            prompt = [int(t) for t in body.prompt]
+        elif tokenizer is not None:
+            text = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
+            prompt = await asyncio.to_thread(tokenizer.encode, text)
+        if prompt is not None and not prompt:
+            raise ApiError(400, "the prompt encodes to no tokens", param="prompt")
+        num_prompt = len(prompt) if prompt is not None else body.estimated_prompt_tokens()
+        admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "prompt")
+        if isinstance(admission.pool, UpstreamPool):
+            return await self._forward(request, admission, raw, body, "/completions")
+        outputs = await self._start(admission, body, prompt)
         completion_id, created = f"cmpl-{rid}", int(time.time())
+        model = admission.decision.route.target
+        headers = _server_timing(admission)
         if body.stream:
-            return sse(outputs, self._completion_chunks(outputs, body, completion_id, created))
+            chunks = self._completion_chunks(outputs, body, completion_id, created, model)
+            return sse(outputs, chunks, headers)
         text, finish_reason = await collect_while_connected(request, outputs)
         return _json(
             Completion(
                 id=completion_id,
                 created=created,
-                model=self.served.name,
+                model=model,
                 choices=[CompletionChoice(text=text, finish_reason=finish_reason)],
                 usage=outputs.usage(),
-            )
+            ),
+            headers,
         )
+
+    async def _start(
+        self, admission: Admission, body: Body, prompt: list[int] | None
+    ) -> Generation:
+        if prompt is None:  # an engine pool always has its model's tokenizer
+            await admission.close(0, 0)
+            raise ApiError(500, "no tokenizer for an engine-served model", "server_error")
+        return await self.dispatcher.start_generation(admission, body, prompt)
+
+    async def _forward(
+        self, request: Request, admission: Admission, raw: bytes, body: Body, path: str
+    ) -> Response:
+        """Run an admitted request on its upstream pool: the client's own JSON forwarded
+        with the upstream's model name and the admitted max_tokens."""
+        pool = admission.pool
+        assert isinstance(pool, UpstreamPool)
+        target = admission.decision.route.target
+        payload = json.loads(raw)
+        payload["model"] = pool.upstream_name(target)
+        if "max_completion_tokens" in payload:
+            payload["max_completion_tokens"] = admission.max_tokens
+        if "max_completion_tokens" not in payload or "max_tokens" in payload:
+            payload["max_tokens"] = admission.max_tokens
+        prefix = "chatcmpl" if path == "/chat/completions" else "cmpl"
+        rewrite = {"id": f"{prefix}-{admission.request_id}", "model": target}
+        started = time.perf_counter()
+        if body.stream:
+            return await self._forward_stream(admission, pool, path, payload, rewrite, body)
+        try:
+            reply = await await_while_connected(
+                request, pool.upstream.complete(path, payload, admission.request_id, rewrite)
+            )
+        except BaseException:
+            await admission.close(0, 0)
+            raise
+        upstream_s = time.perf_counter() - started
+        usage = reply.usage
+        prompt_tokens = usage.prompt_tokens if usage else admission.num_prompt_tokens
+        completion_tokens = usage.completion_tokens if usage else admission.max_tokens
+        headers = _server_timing(admission, upstream_s)
+        # The commit (a Redis round trip) runs after the response has left.
+        done = BackgroundTask(admission.close, prompt_tokens, completion_tokens, upstream_s)
+        return Response(reply.body, media_type="application/json", headers=headers, background=done)
+
+    async def _forward_stream(
+        self,
+        admission: Admission,
+        pool: UpstreamPool,
+        path: str,
+        payload: dict[str, Any],
+        rewrite: dict[str, str],
+        body: Body,
+    ) -> Response:
+        usage: list[UpstreamUsage] = []
+        started = time.perf_counter()
+        try:
+            events = await pool.upstream.stream(
+                path, payload, admission.request_id, rewrite, body.include_usage, usage
+            )
+        except BaseException:
+            await admission.close(0, 0)
+            raise
+
+        async def relay() -> AsyncGenerator[bytes, None]:
+            ttft_s: float | None = None
+            try:
+                async for event in events:
+                    if ttft_s is None:
+                        ttft_s = time.perf_counter() - started
+                    yield event
+            finally:
+                await events.aclose()
+                used = usage[-1] if usage else None
+                await admission.close(
+                    used.prompt_tokens if used else admission.num_prompt_tokens,
+                    used.completion_tokens if used else admission.max_tokens,
+                    ttft_s,
+                )
+
+        return EventStream(relay(), _server_timing(admission))
 
     async def _authenticate(self, request: Request) -> TenantContext:
         return await self.auth.authenticate(request.headers.get("authorization"))
 
     async def _chat_chunks(
-        self, outputs: Generation, body: ChatCompletionRequest, completion_id: str, created: int
+        self,
+        outputs: Generation,
+        body: ChatCompletionRequest,
+        completion_id: str,
+        created: int,
+        model: str,
     ) -> AsyncGenerator[BaseModel, None]:
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> BaseModel:
             return ChatCompletionChunk(
                 id=completion_id,
                 created=created,
-                model=self.served.name,
+                model=model,
                 choices=choices,
                 usage=usage,
             )
@@ -154,13 +273,18 @@ class OpenAIRoutes:
             yield chunk([], outputs.usage())
 
     async def _completion_chunks(
-        self, outputs: Generation, body: CompletionRequest, completion_id: str, created: int
+        self,
+        outputs: Generation,
+        body: CompletionRequest,
+        completion_id: str,
+        created: int,
+        model: str,
     ) -> AsyncGenerator[BaseModel, None]:
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> BaseModel:
             return Completion(
                 id=completion_id,
                 created=created,
-                model=self.served.name,
+                model=model,
                 choices=choices,
                 usage=usage,
             )
@@ -173,8 +297,16 @@ class OpenAIRoutes:
             yield chunk([], outputs.usage())
 
     def _card(self, model_id: str) -> ModelCard:
-        return ModelCard(id=model_id, created=self.served.created)
+        return ModelCard(id=model_id, created=self.catalog.created(model_id))
 
 
-def _json(body: BaseModel) -> Response:
-    return Response(body.model_dump_json(), media_type="application/json")
+def _json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _server_timing(admission: Admission, upstream_s: float | None = None) -> dict[str, str]:
+    """The `server-timing` header: time in admission (and at the upstream), in ms."""
+    timing = f"admission;dur={admission.admission_s * 1000:.3f}"
+    if upstream_s is not None:
+        timing += f", upstream;dur={upstream_s * 1000:.3f}"
+    return {"server-timing": timing}

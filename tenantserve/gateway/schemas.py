@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_STOP_SEQUENCES = 4
+# Chat-template tokens around each message (role markers, separators), estimated.
+TOKENS_PER_MESSAGE = 4
 
 
 class StreamOptions(BaseModel):
@@ -86,6 +88,11 @@ class ChatCompletionRequest(_SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def estimated_prompt_tokens(self) -> int:
+        """An upper estimate of the prompt's tokens where the gateway has no tokenizer (an
+        upstream pool's model): admission reserves it, the upstream's usage corrects it."""
+        return sum(estimate_tokens(m.text()) + TOKENS_PER_MESSAGE for m in self.messages)
+
 
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions: a text prompt, or token ids."""
@@ -107,6 +114,20 @@ class CompletionRequest(_SamplingFields):
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def estimated_prompt_tokens(self) -> int:
+        """See `ChatCompletionRequest.estimated_prompt_tokens`; token ids count exactly."""
+        if isinstance(self.prompt, str):
+            return estimate_tokens(self.prompt)
+        if isinstance(self.prompt[0], str):
+            return estimate_tokens(str(self.prompt[0]))
+        return len(self.prompt)
+
+
+def estimate_tokens(text: str) -> int:
+    """BPE vocabularies average about 4 bytes a token on English text and fewer on other
+    scripts; a third of the UTF-8 length is a generous bound for a reservation."""
+    return len(text.encode()) // 3 + 1
 
 
 # -- responses ----------------------------------------------------------------------------

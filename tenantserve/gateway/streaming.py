@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,6 +19,7 @@ from tenantserve.gateway.errors import ClientGone, api_error_from_engine
 from tenantserve.gateway.schemas import ErrorResponse, PromptTokensDetails, Usage
 
 OnClose = Callable[["Generation"], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Generation:
@@ -110,18 +112,10 @@ class Generation:
 async def collect_while_connected(request: Request, outputs: Generation) -> tuple[str, str | None]:
     """`outputs.collect()`, unless the client hangs up first: then the request is aborted
     in the engine (rather than generating for nobody) and ClientGone is raised."""
-    collect = asyncio.ensure_future(outputs.collect())
-    hang_up = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait((collect, hang_up), return_when=asyncio.FIRST_COMPLETED)
+        return await await_while_connected(request, outputs.collect())
     finally:
-        hang_up.cancel()
-        collect.cancel()  # no-op once done
-        await asyncio.gather(collect, hang_up, return_exceptions=True)
         await outputs.aclose()
-    if collect.cancelled():
-        raise ClientGone()
-    return collect.result()
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -134,7 +128,11 @@ def openai_finish_reason(reason: FinishReason | None) -> str | None:
     return None if reason is None else reason.value
 
 
-def sse(generation: Generation, chunks: AsyncGenerator[BaseModel, None]) -> Response:
+def sse(
+    generation: Generation,
+    chunks: AsyncGenerator[BaseModel, None],
+    headers: dict[str, str] | None = None,
+) -> Response:
     """`chunks` as server-sent events ending in `[DONE]`; an error mid-stream goes in-band."""
 
     async def events() -> AsyncGenerator[str, None]:
@@ -150,18 +148,38 @@ def sse(generation: Generation, chunks: AsyncGenerator[BaseModel, None]) -> Resp
             await generation.aclose()
         yield "data: [DONE]\n\n"
 
-    return _EventStream(events())
+    return EventStream(events(), headers)
 
 
-class _EventStream(StreamingResponse):
+async def await_while_connected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the client hangs up first: then `work` is cancelled (which
+    closes its upstream connection) and ClientGone is raised."""
+    task = asyncio.ensure_future(work)
+    hang_up = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait((task, hang_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hang_up.cancel()
+        task.cancel()  # no-op once done
+        await asyncio.gather(task, hang_up, return_exceptions=True)
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+class EventStream(StreamingResponse):
     """Server-sent events that close their source however the response ends (a client
-    that goes away included), so the engine aborts the request at once."""
+    that goes away included), so the engine (or the upstream) aborts the request at once."""
 
-    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+    def __init__(
+        self,
+        events: AsyncGenerator[str, None] | AsyncGenerator[bytes, None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(
             events,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
         )
         self._events = events
 

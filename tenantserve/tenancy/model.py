@@ -1,7 +1,8 @@
 """Tenancy domain: tenants, their API keys, and the `TenantContext` a request carries.
 
 Plain dataclasses; no SQLAlchemy, no web framework. Persistence lives in
-`tables.py` / `repository.py`, use cases in `service.py`.
+`tables.py` / `repository.py`, use cases in `service.py`. A tenant's quotas are
+`tenantserve.admission.quotas.Quota` values (pure domain too; admission owns their meaning).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 
+from tenantserve.admission.quotas import Quota
 from tenantserve.errors import InvalidRequestError
 from tenantserve.tiers import Tier
 
@@ -123,6 +125,8 @@ class Tenant:
     status: TenantStatus
     created_at: datetime
     limits: TenantLimits = field(default_factory=TenantLimits)
+    # At most one per (metric, period); see `tenantserve.admission.quotas`.
+    quotas: tuple[Quota, ...] = ()
 
     @property
     def is_active(self) -> bool:
@@ -192,6 +196,8 @@ class TenantContext:
     # Empty: every model the tenant may use.
     allowed_models: frozenset[str] = frozenset()
     limits: TenantLimits = field(default_factory=TenantLimits)
+    # The tenant's quotas, checked against its usage before each request.
+    quotas: tuple[Quota, ...] = ()
 
     def allows_model(self, model: str) -> bool:
         """Whether the credential's scope includes `model` (an empty scope allows all)."""

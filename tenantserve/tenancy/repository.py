@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tenantserve.admission.quotas import parse_quotas
 from tenantserve.tenancy.model import ApiKey, Region, Tenant, TenantLimits, TenantStatus
 from tenantserve.tenancy.tables import api_keys, tenants
 from tenantserve.tiers import Tier
@@ -48,7 +49,7 @@ class TenantRepository:
         return [_tenant(row) for row in result.mappings()]
 
     async def update(self, tenant: Tenant, now: datetime) -> None:
-        """Write the tenant's mutable fields (name, tier, region, status, limits)."""
+        """Write the tenant's mutable fields (name, tier, region, status, limits, quotas)."""
         await self._session.execute(
             update(tenants)
             .where(tenants.c.id == tenant.id)
@@ -106,6 +107,7 @@ def _tenant_row(tenant: Tenant) -> dict[str, Any]:
         "region": tenant.region.value,
         "status": tenant.status.value,
         "limits": tenant.limits.to_dict(),
+        "quotas": [q.to_dict() for q in tenant.quotas],
     }
 
 
@@ -118,6 +120,7 @@ def _tenant(row: RowMapping) -> Tenant:
         status=TenantStatus(row["status"]),
         created_at=row["created_at"],
         limits=TenantLimits.from_dict(row["limits"] or {}),
+        quotas=parse_quotas(row["quotas"] or ()),
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from tenantserve.admission.quotas import parse_quotas
 from tenantserve.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -106,9 +107,11 @@ class TenancyService:
         region: str | Region | None = None,
         status: str | TenantStatus | None = None,
         limits: Mapping[str, int | None] | None = None,
+        quotas: Sequence[Mapping[str, object]] | None = None,
     ) -> Tenant:
         """Change the given fields (None: unchanged); `limits` merges, a null limit resets
-        it to the tier's default."""
+        it to the tier's default; `quotas` replaces the whole list (`[]` removes them all),
+        each parsed by `Quota.from_dict`, at most one per (metric, period)."""
         async with self._uow() as uow:
             tenant = await _require_tenant(uow, tenant_id)
             if name is not None:
@@ -121,6 +124,8 @@ class TenancyService:
                 tenant.status = parse_status(status)
             if limits is not None:
                 tenant.limits = tenant.limits.merged(limits)
+            if quotas is not None:
+                tenant.quotas = parse_quotas(quotas)
             await uow.tenants.update(tenant, self._clock())
             await uow.commit()
         return tenant
@@ -199,6 +204,7 @@ class TenancyService:
             key_id=key.id,
             allowed_models=frozenset(key.allowed_models),
             limits=tenant.limits,
+            quotas=tenant.quotas,
         )
 
     async def _authenticate_jwt(self, token: str) -> TenantContext:
@@ -216,6 +222,7 @@ class TenancyService:
             subject=identity.subject,
             allowed_models=frozenset(identity.allowed_models),
             limits=tenant.limits,
+            quotas=tenant.quotas,
         )
 
 

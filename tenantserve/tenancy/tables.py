@@ -1,6 +1,6 @@
 """SQLAlchemy Core tables for tenants and API keys (the domain classes know nothing of them).
 
-Mirrors migration 0001; a test checks that the migrated schema and these tables agree.
+Mirrors migrations 0001 and 0002; a test checks that the migrated schema and these tables agree.
 Timestamps are stored as UTC and read back timezone-aware on every backend.
 """
 
@@ -56,6 +56,8 @@ tenants = Table(
     Column("region", String(8), nullable=False),
     Column("status", String(16), nullable=False),
     Column("limits", JSON, nullable=False),
+    # A list of `Quota.to_dict()` objects (migration 0002).
+    Column("quotas", JSON, nullable=False, server_default="[]"),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     CheckConstraint("tier IN ('free', 'standard', 'premium')", name="ck_tenants_tier"),

@@ -13,7 +13,8 @@ def _ts(value: datetime | None) -> str | None:
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
-    """`{"id", "name", "tier", "region", "status", "limits", "created_at"}`."""
+    """`{"id", "name", "tier", "region", "status", "limits", "quotas", "created_at"}`;
+    `quotas` is a list of `{"metric", "period", "limit", "enforcement"}`."""
     return {
         "id": tenant.id,
         "name": tenant.name,
@@ -21,6 +22,7 @@ def tenant_json(tenant: Tenant) -> dict[str, Any]:
         "region": tenant.region.value,
         "status": tenant.status.value,
         "limits": tenant.limits.to_dict(),
+        "quotas": [q.to_dict() for q in tenant.quotas],
         "created_at": _ts(tenant.created_at),
     }
 

@@ -12,7 +12,9 @@ from tests.helpers.server import ADMIN_TOKEN, Running
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-TENANT_FIELDS = {"id", "name", "tier", "region", "status", "limits", "created_at"}
+TENANT_FIELDS = {"id", "name", "tier", "region", "status", "limits", "quotas", "created_at"}
+MONTH_TOKENS = {"metric": "tokens", "period": "month", "limit": 1_000_000, "enforcement": "hard"}
+DAY_REQUESTS = {"metric": "requests", "period": "day", "limit": 500, "enforcement": "soft"}
 KEY_FIELDS = {
     "id",
     "tenant_id",
@@ -68,7 +70,7 @@ async def test_tenants_and_keys_round_trip_through_the_admin_api(running: Runnin
         assert set(tenant) == TENANT_FIELDS
         assert tenant["id"].startswith("ten_")
         assert (tenant["name"], tenant["tier"], tenant["region"]) == ("initech", "free", "us")
-        assert (tenant["status"], tenant["limits"]) == ("active", {})
+        assert (tenant["status"], tenant["limits"], tenant["quotas"]) == ("active", {}, [])
 
         listed = (await admin.get("/admin/tenants")).json()["data"]
         assert tenant in listed
@@ -126,6 +128,11 @@ async def test_tenants_and_keys_round_trip_through_the_admin_api(running: Runnin
         ("PATCH", "/admin/tenants/{acme}", {"limits": {"requests_per_minute": -1}}),
         ("PATCH", "/admin/tenants/{acme}", {"limits": {"requests_per_hour": 5}}),
         ("PATCH", "/admin/tenants/{acme}", {"limits": {"requests_per_minute": "many"}}),
+        ("PATCH", "/admin/tenants/{acme}", {"quotas": [{**MONTH_TOKENS, "metric": "gpus"}]}),
+        ("PATCH", "/admin/tenants/{acme}", {"quotas": [{**MONTH_TOKENS, "period": "week"}]}),
+        ("PATCH", "/admin/tenants/{acme}", {"quotas": [{**MONTH_TOKENS, "limit": 0}]}),
+        ("PATCH", "/admin/tenants/{acme}", {"quotas": [MONTH_TOKENS, MONTH_TOKENS]}),
+        ("PATCH", "/admin/tenants/{acme}", {"quotas": MONTH_TOKENS}),
         ("POST", "/admin/tenants/{acme}/keys", {"expires_days": 0}),
         ("POST", "/admin/tenants/{acme}/keys", {"allowed_models": [""]}),
         ("POST", "/admin/tenants", b"{not json"),
@@ -143,7 +150,44 @@ async def test_bad_admin_fields_are_a_400(
     assert _error(r, 400)["type"] == "invalid_request_error"
     async with running.admin() as admin:
         acme = (await admin.get(f"/admin/tenants/{running.acme.id}")).json()
-    assert (acme["status"], acme["limits"]) == ("active", {})
+    assert (acme["status"], acme["limits"], acme["quotas"]) == ("active", {}, [])
+
+
+async def test_quotas_are_set_shown_and_replaced_through_the_admin_api(running: Running) -> None:
+    async with running.admin() as admin:
+        r = await admin.post(
+            "/admin/tenants", json={"name": "quota-co", "tier": "standard", "region": "us"}
+        )
+        tenant_id = r.json()["id"]
+        r = await admin.patch(
+            f"/admin/tenants/{tenant_id}", json={"quotas": [MONTH_TOKENS, DAY_REQUESTS]}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["quotas"] == [MONTH_TOKENS, DAY_REQUESTS]
+        shown = (await admin.get(f"/admin/tenants/{tenant_id}")).json()
+        assert shown["quotas"] == [MONTH_TOKENS, DAY_REQUESTS]
+        listed = (await admin.get("/admin/tenants")).json()["data"]
+        assert shown in listed
+
+        r = await admin.patch(f"/admin/tenants/{tenant_id}", json={"tier": "premium"})
+        assert r.json()["quotas"] == [MONTH_TOKENS, DAY_REQUESTS]  # untouched
+
+        unknown = await admin.patch(
+            f"/admin/tenants/{tenant_id}", json={"quotas": [{**DAY_REQUESTS, "metric": "gpus"}]}
+        )
+        error = _error(unknown, 400)
+        assert error["type"] == "invalid_request_error"
+        assert "requests, tokens, prompt_tokens, completion_tokens" in error["message"]
+        duplicate = await admin.patch(
+            f"/admin/tenants/{tenant_id}",
+            json={"quotas": [DAY_REQUESTS, {**DAY_REQUESTS, "limit": 1}]},
+        )
+        assert "more than one quota" in _error(duplicate, 400)["message"]
+        shown = (await admin.get(f"/admin/tenants/{tenant_id}")).json()
+        assert shown["quotas"] == [MONTH_TOKENS, DAY_REQUESTS]
+
+        r = await admin.patch(f"/admin/tenants/{tenant_id}", json={"quotas": []})
+        assert r.json()["quotas"] == []
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,10 @@ async def test_api_mode_manages_tenants_and_keys_with_the_same_json_as_direct_mo
         "tenant", "update", tenant["id"], "--limits", '{"requests_per_minute": 50}'
     )
     assert updated["limits"] == {"requests_per_minute": 50}
+    quotas = [{"metric": "tokens", "period": "day", "limit": 9000, "enforcement": "soft"}]
+    updated = await server.ok("tenant", "update", tenant["id"], "--quotas", json.dumps(quotas))
+    assert updated["quotas"] == quotas
+    assert updated["limits"] == {"requests_per_minute": 50}
     listed = await server.ok("tenant", "list")
     assert updated in listed
     assert await server.direct("tenant", "list") == listed
@@ -103,6 +107,14 @@ async def test_api_mode_reports_bad_input_unknown_ids_and_a_wrong_admin_token(
     )
     assert bad_tier.exit_code == 2
     assert "free, standard, premium" in bad_tier.stderr
+
+    tenant = await server.ok("tenant", "create", "--name", "y", "--tier", "free", "--region", "us")
+    duplicate = {"metric": "requests", "period": "day", "limit": 1, "enforcement": "hard"}
+    bad_quotas = await server.cli(
+        "tenant", "update", tenant["id"], "--quotas", json.dumps([duplicate, duplicate])
+    )
+    assert bad_quotas.exit_code == 2
+    assert "more than one quota" in bad_quotas.stderr
 
     unknown = await server.cli("key", "create", "--tenant", "ten_nope")
     assert unknown.exit_code == 1

@@ -24,8 +24,8 @@ from tenantserve.bootstrap import open_tenancy
 from tenantserve.engine.request import EngineRequest, RequestOutput
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import EngineDeadError
-from tenantserve.gateway.app import Gateway, ServedModel, create_app
-from tenantserve.scheduling import FairQueue
+from tenantserve.gateway.app import EnginePool, Gateway, ServedModel, create_app
+from tenantserve.gateway.catalog import SHARED_POOL
 from tests.helpers.server import ADMIN_TOKEN, Running, add_tenant, server_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -310,12 +310,11 @@ async def _app_with(
     tenancy = await open_tenancy(server_settings(data_dir, tiny_model_dir))
     try:
         tenant = await add_tenant(tenancy.service, "acme")
+        model = ServedModel("fake", Tokenizer(tiny_model_dir), max_context_tokens=1024)
         gateway = Gateway(
-            engine=engine,
-            model=ServedModel("fake", Tokenizer(tiny_model_dir), max_context_tokens=1024),
+            pools=[EnginePool(SHARED_POOL, engine, model)],
             tenancy=tenancy.service,
             limiter=LocalRateLimiter(),
-            queue=FairQueue(),
             admin_token=ADMIN_TOKEN,
         )
         transport = httpx.ASGITransport(app=create_app(gateway))

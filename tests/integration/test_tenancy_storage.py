@@ -18,10 +18,11 @@ import jwt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, delete, inspect, select
+from sqlalchemy import Connection, delete, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tenantserve.admission.quotas import Enforcement, Quota, QuotaMetric, QuotaPeriod
 from tenantserve.config import JwtConfig
 from tenantserve.errors import (
     AuthenticationError,
@@ -149,11 +150,40 @@ async def test_migrations_build_the_schema_from_an_empty_database(empty_url: str
     assert await current_revision(empty_url) is None
     await migrate(empty_url)
     await migrate(empty_url)  # a second run is a no-op
-    assert await current_revision(empty_url) == head_revision() == "0001"
+    assert await current_revision(empty_url) == head_revision() == "0002"
     db = Database(empty_url)
     try:
         async with db.engine.connect() as conn:
             assert {"tenants", "api_keys"} <= await conn.run_sync(_table_names)
+            assert await conn.run_sync(_schema_differences) == []
+    finally:
+        await db.dispose()
+
+
+async def test_upgrading_from_0001_keeps_existing_tenants_with_no_quotas(
+    empty_url: str,
+) -> None:
+    await migrate(empty_url, "0001")
+    db = Database(empty_url)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO tenants (id, name, tier, region, status, limits, created_at, "
+                    "updated_at) VALUES ('ten_old', 'Old', 'free', 'us', 'active', "
+                    "'{\"max_concurrent\": 2}', :at, :at)"
+                ),
+                {"at": datetime(2025, 1, 2, tzinfo=UTC)},
+            )
+        await migrate(empty_url)
+        assert await current_revision(empty_url) == "0002"
+        service = TenancyService(lambda: UnitOfWork(db.sessionmaker), ApiKeyHasher("p"))
+        old = await service.get_tenant("ten_old")
+        assert old.quotas == () and old.limits == TenantLimits(max_concurrent=2)
+        quota = {"metric": "requests", "period": "day", "limit": 5, "enforcement": "soft"}
+        updated = await service.update_tenant("ten_old", quotas=[quota])
+        assert (await service.get_tenant("ten_old")).quotas == updated.quotas
+        async with db.engine.connect() as conn:
             assert await conn.run_sync(_schema_differences) == []
     finally:
         await db.dispose()
@@ -192,6 +222,52 @@ async def test_update_changes_tier_region_limits_and_status_durably(
     assert (read.tier, read.region, read.status) == (Tier.STANDARD, Region.EU, "suspended")
     assert read.limits == TenantLimits(tokens_per_minute=1000)
     assert read.name == "Acme"
+
+
+async def test_quotas_replace_the_whole_list_and_reach_the_context(
+    service: TenancyService,
+) -> None:
+    t = await service.create_tenant("Acme", "standard", "us")
+    assert t.quotas == ()
+    key = (await service.create_key(t.id)).plaintext
+    month_tokens = {
+        "metric": "tokens",
+        "period": "month",
+        "limit": 1_000_000,
+        "enforcement": "hard",
+    }
+    day_requests = {"metric": "requests", "period": "day", "limit": 500, "enforcement": "soft"}
+    await service.update_tenant(t.id, quotas=[month_tokens, day_requests])
+    expected = (
+        Quota(QuotaMetric.TOKENS, QuotaPeriod.MONTH, 1_000_000, Enforcement.HARD),
+        Quota(QuotaMetric.REQUESTS, QuotaPeriod.DAY, 500, Enforcement.SOFT),
+    )
+    read = await service.get_tenant(t.id)
+    assert read.quotas == expected
+    assert (await service.list_tenants())[0].quotas == expected
+    assert (await service.authenticate(key)).quotas == expected
+    # Other updates leave quotas alone; a new list replaces them, [] removes them.
+    await service.update_tenant(t.id, tier="premium", limits={"max_concurrent": 3})
+    assert (await service.get_tenant(t.id)).quotas == expected
+    await service.update_tenant(t.id, quotas=[day_requests])
+    assert (await service.get_tenant(t.id)).quotas == expected[1:]
+    await service.update_tenant(t.id, quotas=[])
+    assert (await service.get_tenant(t.id)).quotas == ()
+
+
+async def test_bad_or_duplicate_quotas_are_refused_and_nothing_changes(
+    service: TenancyService,
+) -> None:
+    t = await service.create_tenant("Acme", "standard", "us")
+    good = {"metric": "tokens", "period": "month", "limit": 10, "enforcement": "hard"}
+    await service.update_tenant(t.id, quotas=[good])
+    with pytest.raises(InvalidRequestError, match="requests, tokens, prompt_tokens"):
+        await service.update_tenant(t.id, tier="premium", quotas=[{**good, "metric": "gpus"}])
+    with pytest.raises(InvalidRequestError, match="more than one quota"):
+        await service.update_tenant(t.id, quotas=[good, {**good, "enforcement": "soft"}])
+    read = await service.get_tenant(t.id)
+    assert read.quotas == (Quota(QuotaMetric.TOKENS, QuotaPeriod.MONTH, 10, Enforcement.HARD),)
+    assert read.tier is Tier.STANDARD
 
 
 async def test_invalid_tenant_fields_are_refused_and_nothing_is_stored(

@@ -85,8 +85,9 @@ def test_tenant_override_beats_the_tier_cap() -> None:
 
 
 def test_premium_tenant_with_a_reservation_goes_to_its_reserved_pool() -> None:
-    cfg = PolicyConfig(reserved_pools={"ten_a": "reserved-ten_a"})
-    premium = decide(ctx(Tier.PREMIUM), ask(), CATALOG, cfg)
-    standard = decide(ctx(Tier.STANDARD), ask(), CATALOG, cfg)
+    route = replace(CATALOG["smollm2"], reserved_pool="reserved-ten_a")
+    catalog = {**CATALOG, "smollm2": route}
+    premium = decide(ctx(Tier.PREMIUM), ask(), catalog, CFG)
+    standard = decide(ctx(Tier.STANDARD), ask(), catalog, CFG)
     assert isinstance(premium, Admitted) and premium.pool == "reserved-ten_a"
     assert isinstance(standard, Admitted) and standard.pool == "shared-us"

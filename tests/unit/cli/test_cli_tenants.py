@@ -128,6 +128,38 @@ def test_tenant_update_refuses_malformed_limits_and_unknown_ids(tmp_path: Path) 
     assert "--tier" in nothing.stderr
 
 
+def test_tenant_update_replaces_quotas_and_the_key_context_carries_them(tmp_path: Path) -> None:
+    tenant = _ok(tmp_path, "tenant", "create", "--name", "a", "--tier", "free", "--region", "us")
+    assert tenant["quotas"] == []
+    key = _ok(tmp_path, "key", "create", "--tenant", tenant["id"])["key"]
+    quotas = [
+        {"metric": "tokens", "period": "month", "limit": 1000000, "enforcement": "hard"},
+        {"metric": "requests", "period": "day", "limit": 100, "enforcement": "soft"},
+    ]
+    updated = _ok(tmp_path, "tenant", "update", tenant["id"], "--quotas", json.dumps(quotas))
+    assert updated["quotas"] == quotas
+    assert _ok(tmp_path, "tenant", "list") == [updated]
+    context = _authenticate(tmp_path, key)
+    assert [q.to_dict() for q in context.quotas] == quotas
+    cleared = _ok(tmp_path, "tenant", "update", tenant["id"], "--quotas", "[]")
+    assert cleared["quotas"] == []
+
+
+def test_tenant_update_refuses_malformed_and_unknown_quotas(tmp_path: Path) -> None:
+    tenant = _ok(tmp_path, "tenant", "create", "--name", "a", "--tier", "free", "--region", "us")
+    for bad, message in [
+        ("tokens=5", "not valid JSON"),
+        ('{"metric": "tokens"}', "JSON list of objects"),
+        ('[{"metric": "gpus", "period": "day", "limit": 1, "enforcement": "hard"}]', "gpus"),
+        ('[{"metric": "tokens", "period": "day", "limit": 1}]', "missing enforcement"),
+    ]:
+        result = _cli(tmp_path, "tenant", "update", tenant["id"], "--quotas", bad)
+        assert result.exit_code == 2, (bad, result.output)
+        assert message in result.stderr
+        assert "\n" not in result.stderr.strip()
+    assert _ok(tmp_path, "tenant", "list")[0]["quotas"] == []
+
+
 def test_key_create_shows_the_plaintext_once_and_revoke_stops_it_authenticating(
     tmp_path: Path,
 ) -> None:

@@ -11,10 +11,11 @@ from tenantserve.admission.limiter_local import LocalRateLimiter
 from tenantserve.admission.policy import PolicyConfig
 from tenantserve.engine.request import EngineRequest, FinishReason, RequestMetrics, RequestOutput
 from tenantserve.engine.tokenizer import Tokenizer
-from tenantserve.gateway.catalog import SHARED_POOL, ModelCatalog, ServedModel
+from tenantserve.gateway.catalog import SHARED_POOL, ServedModel
 from tenantserve.gateway.dispatch import Dispatcher
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
+from tenantserve.gateway.pools import EnginePool, build_catalog
 from tenantserve.gateway.schemas import ChatCompletionRequest
 from tenantserve.scheduling.fair_queue import FairQueue
 from tenantserve.scheduling.noisy_neighbor import (
@@ -81,13 +82,9 @@ class _Pool:
             NoisyNeighborDetector(DETECTOR), self.queue, self.events, SHARED_POOL
         )
         model = ServedModel("fake", cast(Tokenizer, None), max_context_tokens=4096)
+        pool = EnginePool(SHARED_POOL, self.engine, model, self.queue, noisy_neighbors=self.monitor)
         self.dispatcher = Dispatcher(
-            self.engine,
-            ModelCatalog(model, Region.US),
-            LocalRateLimiter(clock=self.clock),
-            self.queue,
-            PolicyConfig(),
-            noisy_neighbors=self.monitor,
+            [pool], build_catalog([pool]), LocalRateLimiter(clock=self.clock), PolicyConfig()
         )
         self._ids = 0
 

@@ -1,0 +1,116 @@
+"""Serving pools: where admitted requests run. Each pool has its own backend, fair queue
+(tier priority + VTC in front of the backend) and noisy-neighbour monitor, a region
+(residency), and optionally the premium tenants it is reserved for.
+
+    EnginePool     the built-in engine (`engine/`): token ids in, token outputs back
+    UpstreamPool   an external OpenAI-compatible server (`upstream.py`): the request
+                   forwarded, the reply rewritten and accounted
+
+The catalog (`catalog.py`) maps model names to pools; admission (`decide()`) picks the
+pool of a request: the tenant's reserved pool when it has one for the model, else the
+model's shared pool in the tenant's region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from tenantserve.gateway.catalog import CatalogEntry, ModelCatalog, ServedModel
+from tenantserve.gateway.engine_client import EngineClient
+from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
+from tenantserve.gateway.upstream import OpenAIUpstream
+from tenantserve.scheduling.fair_queue import FairQueue
+from tenantserve.tenancy.model import Region
+
+
+@dataclass(frozen=True)
+class EnginePool:
+    """The built-in engine serving one model."""
+
+    name: str
+    engine: EngineClient
+    model: ServedModel
+    queue: FairQueue = field(default_factory=FairQueue)
+    region: Region = Region.US
+    reserved_for: frozenset[str] = frozenset()
+    noisy_neighbors: NoisyNeighborMonitor | None = None
+
+    async def start(self) -> None:
+        await self.engine.start()
+
+    async def shutdown(self) -> None:
+        await self.engine.shutdown()
+
+
+@dataclass(frozen=True)
+class UpstreamModel:
+    """A model an upstream serves: the name tenants use and the upstream's own."""
+
+    name: str
+    upstream_name: str
+    max_context_tokens: int
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class UpstreamPool:
+    """An external OpenAI-compatible server."""
+
+    name: str
+    upstream: OpenAIUpstream
+    models: tuple[UpstreamModel, ...]
+    queue: FairQueue = field(default_factory=FairQueue)
+    region: Region = Region.US
+    reserved_for: frozenset[str] = frozenset()
+    noisy_neighbors: NoisyNeighborMonitor | None = None
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def shutdown(self) -> None:
+        await self.upstream.shutdown()
+
+    def upstream_name(self, model: str) -> str:
+        for m in self.models:
+            if m.name == model:
+                return m.upstream_name
+        raise KeyError(model)
+
+
+Pool = EnginePool | UpstreamPool
+
+
+def build_catalog(pools: Iterable[Pool]) -> ModelCatalog:
+    """Every model of every pool, with the pool's region and reservation."""
+    entries: list[CatalogEntry] = []
+    for pool in pools:
+        if isinstance(pool, EnginePool):
+            m = pool.model
+            entries.append(
+                CatalogEntry(
+                    m.name,
+                    pool.name,
+                    pool.region,
+                    m.max_context_tokens,
+                    m.created,
+                    m.tokenizer,
+                    pool.reserved_for,
+                )
+            )
+        else:
+            entries.extend(
+                CatalogEntry(
+                    m.name,
+                    pool.name,
+                    pool.region,
+                    m.max_context_tokens,
+                    m.created,
+                    None,
+                    pool.reserved_for,
+                )
+                for m in pool.models
+            )
+    # A model the gateway can tokenize keeps its tokenizer on every pool serving it.
+    tokenizers = {e.name: e.tokenizer for e in entries if e.tokenizer is not None}
+    return ModelCatalog(replace(e, tokenizer=tokenizers.get(e.name)) for e in entries)
