@@ -146,6 +146,8 @@ class Settings:
     model_dir: Path | None = None
     device: str = "cpu"
     quantization: str = "fp32"
+    # Engine compute threads; None: PyTorch's default (one per core).
+    engine_threads: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -180,6 +182,11 @@ class Settings:
             s = replace(s, device=v)
         if v := env.get("TENANTSERVE_QUANTIZATION"):
             s = replace(s, quantization=v)
+        if v := env.get("TENANTSERVE_ENGINE_THREADS"):
+            s = replace(s, engine_threads=_int(v, "ENGINE_THREADS"))
+        if v := env.get("TENANTSERVE_MAX_NUM_SEQS"):
+            n = _int(v, "MAX_NUM_SEQS")
+            s = replace(s, scheduler=replace(s.scheduler, max_num_seqs=n))
         if v := env.get("TENANTSERVE_KV_CACHE_BYTES"):
             s = replace(s, cache=replace(s.cache, kv_cache_bytes=_int(v, "KV_CACHE_BYTES")))
         if v := env.get("TENANTSERVE_MAX_LORAS"):
@@ -211,6 +218,7 @@ class Settings:
             model_dir=model_dir,
             device=self.device,
             quantization=self.quantization,
+            num_threads=self.engine_threads,
             cache=self.cache,
             scheduler=self.scheduler,
             lora=self.lora,
