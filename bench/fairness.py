@@ -1,11 +1,16 @@
-"""Fairness benchmark (issue 3): the real gateway in-process, the tiny random model, a small
-`max_num_seqs` so that the fair queue is the bottleneck.
+"""Fairness benchmark (issue 3).
 
-1. Premium TTFT under a free-tier flood: premium TTFT p95 (streaming, time to the first
-   content chunk, max_tokens=16) for sequential premium requests, unloaded and then while
-   10 free-tier tenants flood (one loop each, max_tokens=64). Target: loaded/unloaded <= 1.2.
-2. VTC: a heavy standard tenant (8 concurrent loops) and a light one (2 loops), both always
-   backlogged with the same request, for --vtc-seconds. Served weighted tokens
+1. Premium TTFT under a free-tier flood. Three processes: `tenantserve up` (the real model,
+   SmolLM2-135M, unless --tiny; `max_num_seqs` small so seats are contended), the flood
+   (10 free-tier tenants, one request loop each, max_tokens=64) and this one, which sends
+   sequential streaming premium requests (a ~200-token prompt made unique per request so
+   the prefix cache does not serve it, max_tokens=16) and times the first content chunk:
+   unloaded, under the flood, unloaded again. Target: loaded p95 / unloaded p95 <= 1.2.
+   Where the time went comes from the server's request log (`tenantserve.requests`):
+   admission, engine queue, engine TTFT, preemptions, per premium request.
+2. VTC (the gateway in-process, the tiny random model): a heavy standard tenant (8
+   concurrent loops) and a light one (2 loops), both always backlogged with the same
+   request, for --vtc-seconds. Served weighted tokens
    (input + 2 x output, from `usage`) per tenant; the difference against the VTC bound
    2 * max_in_flight * (max request cost).
 
@@ -19,7 +24,11 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing as mp
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +38,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from tenantserve.bootstrap import open_tenancy  # noqa: E402
@@ -43,7 +53,10 @@ GENEROUS = {
     "tokens_per_minute": 1_000_000_000,
     "max_concurrent": 1_000,
 }
-PREMIUM_PROMPT = "Say something short about the weather."
+PREMIUM_PROMPT = (
+    "You are a careful assistant for a product team. Summarize the following meeting notes "
+    "in three bullet points, keeping names and dates. " * 6
+)
 FLOOD_PROMPT = "Write a long story about a dragon who learns to cook."
 VTC_PROMPT = "List a few facts about the ocean, please."
 
@@ -56,12 +69,17 @@ def p95(xs: list[float]) -> float:
     return xs[k]
 
 
+_premium_ids = iter(range(1_000_000))
+
+
 async def ttft(client: openai.AsyncOpenAI, model: str) -> float:
-    """Seconds from sending to the first chunk with content."""
+    """Seconds from sending to the first chunk with content; the prompt starts with a
+    fresh number so no two requests share a cached prefix."""
+    prompt = f"Ticket {next(_premium_ids)}. {PREMIUM_PROMPT}"
     t0 = time.perf_counter()
     stream = await client.chat.completions.create(
         model=model,
-        messages=[{"role": "user", "content": PREMIUM_PROMPT}],
+        messages=[{"role": "user", "content": prompt}],
         max_tokens=16,
         temperature=0,
         stream=True,
@@ -138,11 +156,10 @@ async def main(args: argparse.Namespace) -> dict:
     smollm2 = ensure_default_model(REPO_ROOT / ".tenantserve")
     with tempfile.TemporaryDirectory(prefix="ts-fairness-") as tmp:
         tmpdir = Path(tmp)
-        model_dir = write_tiny_llama(tmpdir / "tiny-llama", smollm2)
+        tiny = write_tiny_llama(tmpdir / "tiny-llama", smollm2)
         data_dir = tmpdir / "data"
         data_dir.mkdir()
-        settings = server_settings(data_dir, model_dir)
-        settings = replace(settings, scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs))
+        settings = server_settings(data_dir, tiny)
 
         tenancy = await open_tenancy(settings)
         try:
@@ -156,64 +173,144 @@ async def main(args: argparse.Namespace) -> dict:
         finally:
             await tenancy.db.dispose()
 
-        async with serve(settings) as (url, service):
-            model = service.model.name
-
-            def sdk(key: str) -> openai.AsyncOpenAI:
-                return openai.AsyncOpenAI(
-                    base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120
-                )
-
-            pc = sdk(premium.key)
-            # Warm-up (engine, tokenizer, auth cache).
-            await premium_series(pc, model, 5)
-
-            # --- 1. premium TTFT, unloaded then under a free flood ---
-            unloaded = await premium_series(pc, model, args.premium_n)
-            free_counts = [Counts() for _ in frees]
-            free_clients = [sdk(f.key) for f in frees]
-            flood = [
-                asyncio.create_task(loop(c, model, FLOOD_PROMPT, 64, n))
-                for c, n in zip(free_clients, free_counts, strict=True)
-            ]
-            await asyncio.sleep(args.flood_warmup)
-            q_before = service.queue.stats()
-            loaded = await premium_series(pc, model, args.premium_n)
-            q_during = service.queue.stats()
-            await cancel_all(flood)
-            await wait_idle(service)
-            # The same series once more, unloaded (noise check of the baseline).
-            unloaded_after = await premium_series(pc, model, args.premium_n)
-
-            ttft_res = {
-                "unloaded_p95_s": p95(unloaded),
-                "unloaded_median_s": statistics.median(unloaded),
-                "unloaded_after_p95_s": p95(unloaded_after),
-                "loaded_p95_s": p95(loaded),
-                "loaded_median_s": statistics.median(loaded),
-                "ratio_p95": p95(loaded) / p95(unloaded),
-                "free_ok": sum(c.ok for c in free_counts),
-                "free_errors": _merge([c.errors for c in free_counts]),
-                "free_waiting_during": q_during.waiting.get(Tier.FREE, 0),
-                "free_waiting_at_start": q_before.waiting.get(Tier.FREE, 0),
-                "in_flight_during": q_during.in_flight,
-            }
-
-            events = [str(e) for e in service.events.events()]
-            for c in (pc, *free_clients):
-                await c.close()
+        ttft_model = tiny if args.tiny else smollm2
+        ttft_res = await ttft_phase(args, data_dir, ttft_model, premium.key, premium.id, frees)
         vtc = []
         for n in args.vtc_max_num_seqs:
             s_n = replace(settings, scheduler=SchedulerConfig(max_num_seqs=n))
             async with serve(s_n) as (url, service):
                 vtc.append(await vtc_phase(args, url, service, heavy, light, n))
-        return {
-            "max_num_seqs": args.max_num_seqs,
-            "ttft": ttft_res,
-            "ttft_samples": {"unloaded": unloaded, "loaded": loaded},
-            "ttft_events": events,
-            "vtc": vtc,
-        }
+        return {"max_num_seqs": args.max_num_seqs, "ttft": ttft_res, "vtc": vtc}
+
+
+def flood_process(url: str, keys: list[str], model: str, stop, out) -> None:
+    """The free-tier flood, in its own process: one request loop per tenant until `stop`."""
+
+    async def run() -> None:
+        counts = [Counts() for _ in keys]
+        clients = [
+            openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=k, max_retries=0, timeout=120)
+            for k in keys
+        ]
+        tasks = [
+            asyncio.create_task(loop(c, model, FLOOD_PROMPT, 64, n))
+            for c, n in zip(clients, counts, strict=True)
+        ]
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await cancel_all(tasks)
+        out.put({"ok": sum(c.ok for c in counts), "errors": _merge([c.errors for c in counts])})
+
+    asyncio.run(run())
+
+
+async def ttft_phase(
+    args: argparse.Namespace,
+    data_dir: Path,
+    model_dir: Path,
+    premium_key: str,
+    premium_id: str,
+    frees: list,
+) -> dict:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "TENANTSERVE_DATA_DIR": str(data_dir),
+        "TENANTSERVE_MODEL_DIR": str(model_dir),
+        "TENANTSERVE_KV_CACHE_BYTES": str(256 << 20),
+        "TENANTSERVE_MAX_NUM_SEQS": str(args.max_num_seqs),
+        "TENANTSERVE_ADMIN_TOKEN": "tsadm-fairness-bench",
+    }
+    if args.engine_threads:
+        env["TENANTSERVE_ENGINE_THREADS"] = str(args.engine_threads)
+    log_path = data_dir / "server.log"
+    cmd = [str(REPO_ROOT / ".venv" / "bin" / "tenantserve"), "up", "--port", str(port)]
+    with log_path.open("w") as log:
+        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    model = model_dir.name
+    try:
+        await _wait_healthy(url, server)
+        pc = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=premium_key, max_retries=0)
+        print("premium: warm-up, unloaded", file=sys.stderr, flush=True)
+        await premium_series(pc, model, 5)
+        unloaded = await premium_series(pc, model, args.premium_n)
+        ctx = mp.get_context("spawn")
+        stop, results = ctx.Event(), ctx.Queue()
+        flood = ctx.Process(
+            target=flood_process, args=(url, [f.key for f in frees], model, stop, results)
+        )
+        flood.start()
+        await asyncio.sleep(args.flood_warmup)
+        print("premium: under the flood", file=sys.stderr, flush=True)
+        loaded = await premium_series(pc, model, args.premium_n)
+        stop.set()
+        flood_counts = results.get(timeout=120)
+        flood.join(timeout=30)
+        await asyncio.sleep(2.0)  # the flood's last requests finish
+        print("premium: unloaded again", file=sys.stderr, flush=True)
+        unloaded_after = await premium_series(pc, model, args.premium_n)
+        await pc.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    records = _premium_records(log_path, premium_id)
+    n = args.premium_n
+    phases = {"unloaded": records[5 : 5 + n], "loaded": records[5 + n : 5 + 2 * n]}
+    return {
+        "model": model,
+        "engine_threads": args.engine_threads,
+        "unloaded_p95_s": p95(unloaded),
+        "unloaded_median_s": statistics.median(unloaded),
+        "unloaded_after_p95_s": p95(unloaded_after),
+        "loaded_p95_s": p95(loaded),
+        "loaded_median_s": statistics.median(loaded),
+        "ratio_p95": p95(loaded) / p95(unloaded),
+        "ratio_p95_vs_best_unloaded": p95(loaded) / min(p95(unloaded), p95(unloaded_after)),
+        "free_ok": flood_counts["ok"],
+        "free_errors": flood_counts["errors"],
+        "breakdown": {name: _breakdown(rs) for name, rs in phases.items()},
+        "samples": {"unloaded": unloaded, "loaded": loaded, "unloaded_after": unloaded_after},
+    }
+
+
+async def _wait_healthy(url: str, server: subprocess.Popen) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(1800):
+            if server.poll() is not None:
+                raise SystemExit(f"tenantserve up exited with {server.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/health")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise SystemExit("tenantserve up did not become healthy in 180 s")
+
+
+def _premium_records(log_path: Path, tenant_id: str) -> list[dict]:
+    """The premium tenant's request-log records, in completion order."""
+    out = []
+    for line in log_path.read_text().splitlines():
+        if "tenantserve.requests" in line and tenant_id in line:
+            out.append(json.loads(line[line.index("{") :]))
+    return out
+
+
+def _breakdown(records: list[dict]) -> dict:
+    def stat(key: str) -> dict:
+        xs = [r[key] for r in records if r.get(key) is not None]
+        if not xs:
+            return {}
+        return {"median": statistics.median(xs), "p95": p95(xs)}
+
+    return {
+        "n": len(records),
+        "admission_ms": stat("admission_ms"),
+        "engine_queue_ms": stat("engine_queue_ms"),
+        "engine_ttft_ms": stat("ttft_ms"),
+        "preemptions": sum(r.get("preemptions", 0) for r in records),
+    }
 
 
 async def vtc_phase(args, url, service, heavy, light, max_num_seqs: int) -> dict:
@@ -286,19 +383,30 @@ def table(r: dict) -> str:
     t = r["ttft"]
     ms = lambda s: f"{1000 * s:.1f} ms"  # noqa: E731
     lines = [
-        f"Premium TTFT, max_num_seqs (= fair-queue max_in_flight) = {r['max_num_seqs']}",
+        f"Premium TTFT, {t['model']}, max_num_seqs = {r['max_num_seqs']}, "
+        f"engine threads = {t['engine_threads'] or 'default'}",
         "",
-        "| premium TTFT (max_tokens=16, streaming, 1st content chunk) | p95 | median |",
+        "| premium TTFT (~200-token unique prompt, max_tokens=16, streaming) | p95 | median |",
         "|---|---|---|",
         f"| unloaded | {ms(t['unloaded_p95_s'])} | {ms(t['unloaded_median_s'])} |",
-        f"| 10 free tenants flooding (1 loop each, max_tokens=64) | {ms(t['loaded_p95_s'])} "
-        f"| {ms(t['loaded_median_s'])} |",
+        f"| {ARGS.flood} free tenants flooding (1 loop each, max_tokens=64) "
+        f"| {ms(t['loaded_p95_s'])} | {ms(t['loaded_median_s'])} |",
         f"| unloaded again, after the flood | {ms(t['unloaded_after_p95_s'])} | — |",
         f"| **ratio loaded / unloaded p95** (target ≤ 1.2) | **{t['ratio_p95']:.2f}×** | |",
         "",
-        f"Free requests served during the flood: {t['free_ok']}, errors: {t['free_errors']}, "
-        f"free waiters mid-series: {t['free_waiting_during']}; "
-        f"operator events: {len(r['ttft_events'])}.",
+        "| server-side, premium (request log) | admission p95 | engine queue p95 "
+        "| engine TTFT median / p95 | preemptions |",
+        "|---|---|---|---|---|",
+    ]
+    for name, b in t["breakdown"].items():
+        a, q, e = b["admission_ms"], b["engine_queue_ms"], b["engine_ttft_ms"]
+        lines.append(
+            f"| {name} ({b['n']}) | {a.get('p95', 0):.1f} ms | {q.get('p95', 0):.1f} ms "
+            f"| {e.get('median', 0):.1f} / {e.get('p95', 0):.1f} ms | {b['preemptions']} |"
+        )
+    lines += [
+        "",
+        f"Free requests served during the flood: {t['free_ok']}, errors: {t['free_errors']}.",
         "",
         f"| VTC, standard tier, {ARGS.heavy_loops} heavy vs {ARGS.light_loops} light loops "
         f"| max_in_flight | heavy req / weighted | light req / weighted | diff at end "
@@ -328,7 +436,9 @@ if __name__ == "__main__":
     ap.add_argument("--max-num-seqs", type=int, default=4)
     ap.add_argument("--premium-n", type=int, default=20)
     ap.add_argument("--flood", type=int, default=10)
-    ap.add_argument("--flood-warmup", type=float, default=3.0)
+    ap.add_argument("--flood-warmup", type=float, default=5.0)
+    ap.add_argument("--tiny", action="store_true", help="the tiny random model for TTFT")
+    ap.add_argument("--engine-threads", type=int, default=None)
     ap.add_argument("--heavy-loops", type=int, default=8)
     ap.add_argument("--light-loops", type=int, default=2)
     ap.add_argument("--vtc-seconds", type=float, default=20.0)

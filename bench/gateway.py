@@ -522,9 +522,16 @@ def main() -> None:
         action="store_true",
         help="also py-spy the tenantserve process in one more closed-loop run (needs py-spy)",
     )
+    parser.add_argument(
+        "--profile-only",
+        action="store_true",
+        help="only the py-spy'd tenantserve run (no measured runs; implies --profile)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "gateway.json")
     args = parser.parse_args()
+    if args.profile_only:
+        args.profile, args.targets = True, ["tenantserve"]
 
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pin or len(cpus) < 2:
@@ -544,14 +551,15 @@ def main() -> None:
         upstream = start_upstream(work, client_cpus)
         stack.callback(upstream.stop)
         log("[direct] baseline against the fake upstream")
-        for c in args.concurrency:
+        for c in [] if args.profile_only else args.concurrency:
             bench.load(f"direct/c{c}", upstream, "direct", concurrency=c)
 
         if "tenantserve" in args.targets:
             if tenantserve_has_pools():
                 server, key = start_tenantserve(upstream, work, server_cpus, args.redis_url)
                 stack.callback(server.stop)
-                run_target(bench, "tenantserve", server, key, upstream, args.rate)
+                if not args.profile_only:
+                    run_target(bench, "tenantserve", server, key, upstream, args.rate)
                 if args.profile:
                     collapsed = args.out.with_name("gateway-tenantserve-profile.txt")
                     c = args.concurrency[0]

@@ -45,6 +45,8 @@ class SchedulerConfig:
     max_num_seqs: int = 64
     # Per-step token budget; prompts longer than what is left are prefilled in chunks.
     max_num_batched_tokens: int = 512
+    # While a higher tier prefills, lower tiers' sequences skip the step (see scheduler).
+    isolate_priority_prefill: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ class Settings:
     model_dir: Path | None = None
     device: str = "cpu"
     quantization: str = "fp32"
-    # Engine compute threads; None: PyTorch's default (one per core).
+    # Engine compute threads; None: on CPU, one per core but one (`default_engine_threads`).
     engine_threads: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -218,11 +220,22 @@ class Settings:
             model_dir=model_dir,
             device=self.device,
             quantization=self.quantization,
-            num_threads=self.engine_threads,
+            num_threads=self.engine_threads or default_engine_threads(self.device),
             cache=self.cache,
             scheduler=self.scheduler,
             lora=self.lora,
         )
+
+
+def default_engine_threads(device: str) -> int | None:
+    """On CPU, leave one core to the gateway process (HTTP, tokenizer, streaming): an engine
+    whose compute threads fill every core is preempted whenever the gateway runs, and each
+    preempted thread stalls the whole step (premium TTFT under a flood, docs/benchmarks.md).
+    None elsewhere: a GPU's compute is not shared with the gateway."""
+    if device != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
 
 
 def load_pools(path: Path, env: Mapping[str, str] | None = None) -> tuple[PoolConfig, ...]:

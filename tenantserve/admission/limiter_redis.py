@@ -25,7 +25,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tenantserve.admission.limiter import (
@@ -38,6 +39,7 @@ from tenantserve.admission.limiter import (
     check_cost,
 )
 from tenantserve.admission.limits import LimiterPolicy, RateLimits
+from tenantserve.admission.redis_batch import Batcher
 from tenantserve.tiers import Tier
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,31 @@ return 1
 """
 
 
+# One script call: its keys and its arguments.
+_Call = tuple[tuple[str, ...], tuple[str | int | float, ...]]
+
+
+async def _evalsha_many(client: aioredis.Redis, script: AsyncScript, calls: list[_Call]) -> None:
+    """`script` for each call in one non-transactional pipeline (each call is atomic on its
+    own); a script Redis does not have (restarted, flushed) is loaded and those calls run
+    again. Raises the first error a call answered (after the others ran)."""
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results = await pipe.execute(raise_on_error=False)
+    missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
+    if missing:
+        await client.script_load(script.script)
+        pipe = client.pipeline(transaction=False)
+        for keys, args in missing:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results = [r for r in results if not isinstance(r, NoScriptError)]
+        results += await pipe.execute(raise_on_error=False)
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+
+
 # Timeouts in a row before the store counts as down (a refused connection counts at once).
 MAX_CONSECUTIVE_TIMEOUTS = 3
 
@@ -150,6 +177,9 @@ class RedisRateLimiter:
         # monotonic time until which Redis is considered down and not called; None: up.
         self._down_until_s: float | None = None
         self._consecutive_timeouts = 0
+        # Commits run after the response: those made while one is being written go
+        # together in the next pipeline (each script still atomic on its own).
+        self._commits: Batcher[_Call] = Batcher(self._flush_commits)
 
     @classmethod
     def from_url(
@@ -232,24 +262,28 @@ class RedisRateLimiter:
         if reservation.degraded:
             return
         _, tpm_key, inflight_key = self.keys(reservation.tenant_id)
+        args = (
+            reservation.request_id,
+            reservation.reserved_tokens - actual_tokens,
+            reservation.limits.tokens_per_minute,
+            WINDOW_S,
+        )
+        await self._commits.submit(((tpm_key, inflight_key), args))
+
+    async def _flush_commits(self, calls: list[_Call]) -> None:
+        """The commit script for each of `calls`, pipelined: one round trip."""
         try:
             async with self._connections:
-                await self._commit(
-                    keys=[tpm_key, inflight_key],
-                    args=[
-                        reservation.request_id,
-                        reservation.reserved_tokens - actual_tokens,
-                        reservation.limits.tokens_per_minute,
-                        WINDOW_S,
-                    ],
-                )
+                await _evalsha_many(self._client, self._commit, calls)
         except (RedisError, OSError) as e:
             self._failed(e)
             return
         self._mark_up()
 
     async def close(self) -> None:
-        """Close the client if this limiter created it."""
+        """Write the commits still pending, then close the client if this limiter created
+        it."""
+        await self._commits.drain()
         if self._owns_client:
             await self._client.aclose()
 

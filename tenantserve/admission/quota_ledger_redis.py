@@ -6,8 +6,9 @@ One HASH per tenant and period, `<prefix>:{tenant}:day:2026-11-27` and
 are a Redis Cluster hash tag, so a tenant's keys share one slot and one MULTI can
 touch them all. Each key expires `KEY_GRACE_S` after its period ends.
 
-    record   one MULTI/EXEC round trip: HINCRBY the three fields of the day's and the
-             month's hash, EXPIREAT both
+    record   HINCRBY the three fields of the day's and the month's hash, EXPIREAT both,
+             in a MULTI/EXEC; records made while one is being written are summed per
+             key and go together in the next (one round trip for all of them)
     usage    one pipelined round trip: HMGET of every period the quotas name
 
 Fails open: when Redis cannot be reached, `usage` reads as nothing used (a warning is
@@ -41,6 +42,7 @@ from tenantserve.admission.quotas import (
     period_end,
     period_key,
 )
+from tenantserve.admission.redis_batch import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ DEFAULT_MAX_CONNECTIONS = 16
 DEFAULT_DOWN_RETRY_S = 1.0
 
 _FIELDS = ("requests", "prompt_tokens", "completion_tokens")
+
+# One request's record: (key, its EXPIREAT s) of each period, and its counts in _FIELDS order.
+_Record = tuple[tuple[tuple[str, int], ...], tuple[int, int, int]]
 
 
 class RedisQuotaLedger:
@@ -81,6 +86,7 @@ class RedisQuotaLedger:
         self._connections = asyncio.Semaphore(max_connections)
         # monotonic time until which Redis is considered down and not called; None: up.
         self._down_until_s: float | None = None
+        self._records: Batcher[_Record] = Batcher(self._flush_records)
 
     @classmethod
     def from_url(
@@ -151,22 +157,42 @@ class RedisQuotaLedger:
         now: datetime,
         requests: int = 1,
     ) -> None:
-        """Add a completed request's counts to the day and month containing `now`, in one
-        MULTI/EXEC; dropped (and logged) when Redis cannot be reached."""
+        """Add a completed request's counts to the day and month containing `now`, in a
+        MULTI/EXEC (shared with the records made meanwhile); dropped (and logged) when
+        Redis cannot be reached."""
         check_counts(requests, prompt_tokens, completion_tokens)
         if self._is_down():
             log.debug("quota ledger down: dropped a record for %s", tenant_id)
             return
-        amounts = dict(zip(_FIELDS, (requests, prompt_tokens, completion_tokens), strict=True))
+        keys = tuple(
+            (
+                self.key(tenant_id, period, now),
+                int(period_end(period, now).timestamp()) + KEY_GRACE_S,
+            )
+            for period in QuotaPeriod
+        )
+        await self._records.submit((keys, (requests, prompt_tokens, completion_tokens)))
+
+    async def _flush_records(self, records: list[_Record]) -> None:
+        """The records' counts summed per key, written in one MULTI/EXEC."""
+        if self._is_down():
+            log.debug("quota ledger down: dropped %d records", len(records))
+            return
+        totals: dict[str, list[int]] = {}
+        expiry: dict[str, int] = {}
+        for keys, counts in records:
+            for key, expires_at_s in keys:
+                total = totals.setdefault(key, [0, 0, 0])
+                for i, count in enumerate(counts):
+                    total[i] += count
+                expiry[key] = expires_at_s
         try:
             async with self._connections:
                 pipe = self._client.pipeline(transaction=True)
-                for period in QuotaPeriod:
-                    key = self.key(tenant_id, period, now)
-                    for field, amount in amounts.items():
+                for key, total in totals.items():
+                    for field, amount in zip(_FIELDS, total, strict=True):
                         pipe.hincrby(key, field, amount)
-                    expires_at_s = int(period_end(period, now).timestamp()) + KEY_GRACE_S
-                    pipe.expireat(key, expires_at_s)
+                    pipe.expireat(key, expiry[key])
                 await pipe.execute()
         except (RedisError, OSError) as e:
             self._mark_down(e)
@@ -174,7 +200,9 @@ class RedisQuotaLedger:
         self._mark_up()
 
     async def close(self) -> None:
-        """Close the client if this ledger created it."""
+        """Write the records still pending, then close the client if this ledger created
+        it."""
+        await self._records.drain()
         if self._owns_client:
             await self._client.aclose()
 

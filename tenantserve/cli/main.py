@@ -111,7 +111,12 @@ def up(
         _err(f"starting the engine for {service.model.name} on {settings.device}")
     for pool in settings.pools:
         _err(f"pool {pool.name}: {', '.join(pool.models)} at {pool.base_url} ({pool.region})")
-    uvicorn.run(service.app, host=settings.host, port=settings.port, log_level="info")
+    # No uvicorn access log: a formatted line per request is a measurable share of the
+    # gateway's CPU per request; per-request logging, where wanted, belongs in the app.
+    _log_to_stderr()
+    uvicorn.run(
+        service.app, host=settings.host, port=settings.port, log_level="info", access_log=False
+    )
 
 
 async def _demo_tenants(settings: Settings) -> list[DemoTenant]:
@@ -300,6 +305,18 @@ def _demo_table(settings: Settings, demos: list[DemoTenant]) -> list[str]:
         ),
         "",
     ]
+
+
+def _log_to_stderr() -> None:
+    """tenantserve's own loggers (the request log included) on stderr, at INFO."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("tenantserve")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def _err(message: str) -> None:

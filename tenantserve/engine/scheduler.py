@@ -8,7 +8,10 @@ Each step:
 2. waiting sequences are admitted in priority order (tier, then arrival) while the budget,
    the sequence limit and the blocks allow; a waiting sequence may preempt running ones of
    a strictly lower tier, for blocks or for a seat when `max_num_seqs` are running. A
-   sequence whose adapter is still loading is skipped; the rest keep going.
+   sequence whose adapter is still loading is skipped; the rest keep going;
+3. while a sequence of a higher tier is prefilling, sequences of lower tiers sit the step
+   out (`isolate_priority_prefill`), so a premium request's time to first token does not
+   carry a free-tier batch.
 """
 
 from __future__ import annotations
@@ -127,12 +130,26 @@ class Scheduler:
         if not out.preempted:
             budget = self._admit(budget, planned, out)
 
+        if self.cfg.isolate_priority_prefill:
+            self._isolate_priority_prefill(planned)
+
         for item in planned.values():
             if item.seq.num_computed_tokens == item.seq.num_tokens - 1 and item.num_new_tokens == 1:
                 out.decodes.append(item)
             else:
                 out.prefills.append(item)
         return out
+
+    def _isolate_priority_prefill(self, planned: dict[str, ScheduledSeq]) -> None:
+        """While a sequence of a higher tier is being prefilled, sequences of lower tiers sit
+        the step out: the higher tier's time to first token is its prefill alone, not its
+        prefill plus everyone else's decodes (they resume next step, blocks kept)."""
+        prefilling = [i.seq.tier.priority for i in planned.values() if i.seq.num_output_tokens == 0]
+        if not prefilling:
+            return
+        top = max(prefilling)
+        for request_id in [r for r, i in planned.items() if i.seq.tier.priority < top]:
+            del planned[request_id]
 
     def _admit(self, budget: int, planned: dict[str, ScheduledSeq], out: SchedulerOutput) -> int:
         for seq in sorted(self.waiting, key=_priority_order):

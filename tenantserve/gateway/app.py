@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from tenantserve.admission.limiter import RateLimiter
 from tenantserve.admission.policy import PolicyConfig
@@ -76,7 +77,13 @@ def create_app(
                 on_ready()
             yield
 
-    app = FastAPI(title="tenantserve", lifespan=lifespan)
+    # FastAPI's native OpenTelemetry is off: tenantserve configures no OTel provider, and
+    # with it on FastAPI looks the global providers up on every request.
+    app = FastAPI(
+        title="tenantserve",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     auth = Authenticator(gateway.tenancy, ttl_s=gateway.auth_cache_ttl_s)
     catalog = build_catalog(gateway.pools)
     dispatcher = Dispatcher(
@@ -95,8 +102,12 @@ def create_app(
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/v1/models/{model_id:path}", api.model_card, methods=["GET"])
-    app.add_api_route("/v1/chat/completions", api.chat_completions, methods=["POST"])
-    app.add_api_route("/v1/completions", api.completions, methods=["POST"])
+    # The completions routes are plain Starlette routes: no dependency solving or response
+    # model per request (they take the Request and return a Response already). The
+    # exception handlers still apply (Starlette's ExceptionMiddleware), and they are not
+    # in the OpenAPI schema, as they never were usefully (no body model was declared).
+    app.router.routes.append(Route("/v1/chat/completions", api.chat_completions, methods=["POST"]))
+    app.router.routes.append(Route("/v1/completions", api.completions, methods=["POST"]))
     AdminRoutes(gateway.tenancy, auth, gateway.admin_token, gateway.events).install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.

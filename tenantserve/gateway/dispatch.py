@@ -47,6 +47,7 @@ from tenantserve.gateway.errors import (
 )
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool, Pool
+from tenantserve.gateway.request_log import RequestRecord, log_request
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.streaming import Generation
 from tenantserve.scheduling.fair_queue import Grant, Ticket
@@ -218,10 +219,32 @@ class Dispatcher:
             cache_salt=admission.ctx.tenant_id,
         )
 
+        started = time.perf_counter()
+
         async def release(generation: Generation) -> None:
             usage = generation.usage()
-            ttft_s = generation.metrics.ttft_s if generation.metrics else None
+            metrics = generation.metrics
+            ttft_s = metrics.ttft_s if metrics else None
             await admission.close(usage.prompt_tokens, usage.completion_tokens, ttft_s)
+            log_request(
+                RequestRecord(
+                    request_id=admission.request_id,
+                    tenant_id=admission.ctx.tenant_id,
+                    tier=admission.grant.tier.value,
+                    pool=pool.name,
+                    model=admission.decision.route.target,
+                    outcome="ok" if metrics is not None else "aborted",
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    cached_tokens=usage.prompt_tokens_details.cached_tokens,
+                    admission_ms=admission.admission_s * 1000,
+                    queue_ms=admission.grant.queue_time_s * 1000,
+                    engine_queue_ms=metrics.queue_time_s * 1000 if metrics else None,
+                    ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
+                    total_ms=(time.perf_counter() - started + admission.admission_s) * 1000,
+                    preemptions=metrics.num_preemptions if metrics else 0,
+                )
+            )
 
         try:
             return await Generation.start(pool.engine, request, on_close=release)

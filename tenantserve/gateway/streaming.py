@@ -153,18 +153,32 @@ def sse(
 
 async def await_while_connected(request: Request, work: Awaitable[T]) -> T:
     """`work`'s result, unless the client hangs up first: then `work` is cancelled (which
-    closes its upstream connection) and ClientGone is raised."""
-    task = asyncio.ensure_future(work)
-    hang_up = asyncio.ensure_future(_wait_for_disconnect(request))
+    closes its upstream connection) and ClientGone is raised.
+
+    `work` runs in the caller's task; one watcher task waits for the disconnect and
+    cancels the caller (the cancellation is taken back before ClientGone is raised)."""
+    caller = asyncio.current_task()
+    if caller is None:  # not in a task: nothing to cancel, just wait
+        return await work
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_for_disconnect(request)
+        gone = True
+        caller.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, hang_up), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        caller.uncancel()
+        raise ClientGone() from None
     finally:
-        hang_up.cancel()
-        task.cancel()  # no-op once done
-        await asyncio.gather(task, hang_up, return_exceptions=True)
-    if task.cancelled():
-        raise ClientGone()
-    return task.result()
+        if not watcher.done():
+            watcher.cancel()
 
 
 class EventStream(StreamingResponse):

@@ -19,11 +19,15 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from tenantserve.gateway.errors import ApiError
 
 logger = logging.getLogger(__name__)
+
+# Seconds to open a connection (and to wait for a free one of the pool's).
+CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class UpstreamReply:
 
 
 class OpenAIUpstream:
-    """A keep-alive HTTP client for one OpenAI-compatible server."""
+    """A keep-alive HTTP client for one OpenAI-compatible server (aiohttp: its connection
+    pool hands out an idle connection in O(1), where httpx's scanned every pooled
+    connection on each request). The session lives in the serving event loop: it is
+    opened by `start()` (or the first request) and closed by `shutdown()`."""
 
     def __init__(
         self,
@@ -50,43 +57,67 @@ class OpenAIUpstream:
         timeout_s: float = 600.0,
         max_connections: int = 256,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+        self._auth_headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # No total deadline (a long stream is fine); each read may wait `timeout_s`.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=CONNECT_TIMEOUT_S, sock_read=timeout_s
         )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
 
     async def start(self) -> None:
-        pass  # connections open on first use
+        self._open()
 
     async def shutdown(self) -> None:
-        await self._client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=30.0
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._auth_headers,
+                timeout=self._timeout,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    def _url(self, path: str) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     async def complete(
         self, path: str, body: dict[str, Any], request_id: str, rewrite: Mapping[str, str]
     ) -> UpstreamReply:
         """POST a non-streamed request; the reply with `rewrite` (id, model) applied."""
+        session = self._session or self._open()
         try:
-            response = await self._client.post(
-                path, content=json.dumps(body), headers=_headers(request_id)
-            )
-        except httpx.TimeoutException as e:
+            async with session.post(
+                self._url(path), data=json.dumps(body).encode(), headers=_headers(request_id)
+            ) as response:
+                status, content = response.status, await response.read()
+        except TimeoutError as e:
             raise _timeout(e) from e
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise _unreachable(e) from e
-        if response.status_code >= 400:
-            raise _upstream_error(response.status_code, response.content)
+        if status >= 400:
+            raise _upstream_error(status, content)
         try:
-            payload = response.json()
+            payload = json.loads(content)
         except ValueError as e:
             raise ApiError(
                 502, "the upstream sent invalid JSON", "server_error", "upstream_error"
             ) from e
+        if not isinstance(payload, dict):
+            raise ApiError(502, "the upstream sent invalid JSON", "server_error", "upstream_error")
         payload.update(rewrite)
         return UpstreamReply(json.dumps(payload).encode(), _usage(payload.get("usage")))
 
@@ -103,39 +134,46 @@ class OpenAIUpstream:
         rewritten. The status is checked before the first event, so errors before the
         stream are HTTP errors. The upstream's usage is appended to `usage_out`."""
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        request = self._client.build_request(
-            "POST", path, content=json.dumps(body), headers=_headers(request_id)
-        )
+        session = self._session or self._open()
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as e:
+            response = await session.post(
+                self._url(path), data=json.dumps(body).encode(), headers=_headers(request_id)
+            )
+        except TimeoutError as e:
             raise _timeout(e) from e
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise _unreachable(e) from e
-        if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
-            raise _upstream_error(response.status_code, content)
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                content = b""
+            finally:
+                response.release()
+            raise _upstream_error(response.status, content)
         return self._events(response, rewrite, include_usage, usage_out)
 
     async def _events(
         self,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         rewrite: Mapping[str, str],
         include_usage: bool,
         usage_out: list[UpstreamUsage],
     ) -> AsyncGenerator[bytes, None]:
         try:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in _lines(response.content):
+                if not line.startswith(b"data:"):
                     continue
                 data = line[5:].strip()
-                if data == "[DONE]":
+                if data == b"[DONE]":
                     break
                 try:
                     chunk = json.loads(data)
                 except ValueError:
-                    logger.warning("upstream sent a malformed event: %.200s", data)
+                    logger.warning("upstream sent a malformed event: %.200r", data)
+                    continue
+                if not isinstance(chunk, dict):
+                    logger.warning("upstream sent a malformed event: %.200r", data)
                     continue
                 if "error" in chunk:
                     yield f"data: {json.dumps(chunk)}\n\n".encode()
@@ -150,12 +188,31 @@ class OpenAIUpstream:
                         chunk.pop("usage")
                 chunk.update(rewrite)
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
-        except httpx.HTTPError as e:
+        except TimeoutError as e:
+            error = _timeout(e)
+            yield f"data: {json.dumps({'error': error.detail.model_dump()})}\n\n".encode()
+        except aiohttp.ClientError as e:
             error = _unreachable(e)
             yield f"data: {json.dumps({'error': error.detail.model_dump()})}\n\n".encode()
         finally:
-            await response.aclose()
+            # Back to the pool when the body was read to its end; closed (which aborts
+            # the request at the upstream) when the stream was left early.
+            response.release()
         yield b"data: [DONE]\n\n"
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncGenerator[bytes, None]:
+    """The body's lines, however long (aiohttp's own line reader caps their length)."""
+    pending = b""
+    async for data in content.iter_any():
+        pending += data
+        if b"\n" not in data:
+            continue
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
 
 
 def _headers(request_id: str) -> dict[str, str]:

@@ -277,3 +277,22 @@ async def test_a_client_leaving_a_stream_closes_the_upstream_request(pools: Pool
                 await asyncio.sleep(0.05)
     finally:
         pools.shared.delay_s = 0.0
+
+
+async def test_a_client_leaving_a_whole_completion_closes_the_upstream_request(
+    pools: Pools,
+) -> None:
+    pools.shared.delay_s = 2.0
+    before = pools.shared.disconnects
+    try:
+        async with pools.http(pools.acme) as http:
+            body = {"model": "ext-model", "messages": [{"role": "user", "content": "hi"}]}
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post("/v1/chat/completions", json=body, timeout=0.3)
+        # The gateway saw the client go and closed its upstream connection: the upstream
+        # sees the disconnect long before its 2 s delay ends.
+        async with asyncio.timeout(1.5):
+            while pools.shared.disconnects == before:
+                await asyncio.sleep(0.02)
+    finally:
+        pools.shared.delay_s = 0.0

@@ -57,7 +57,13 @@ class FakeUpstream:
             await self._stream(body, chat, receive, send)
             return
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            try:
+                async with asyncio.timeout(self.delay_s):
+                    if (await receive())["type"] == "http.disconnect":
+                        self.disconnects += 1
+                        return
+            except TimeoutError:
+                pass
         text = "".join(WORDS)
         choice: dict[str, Any] = (
             {"index": 0, "message": {"role": "assistant", "content": text}}

@@ -63,7 +63,11 @@ def test_waiting_requests_are_admitted_by_tier_then_arrival() -> None:
     sched = make_scheduler(num_blocks=64, budget=8)
     for rid, tier in [("f", Tier.FREE), ("s", Tier.STANDARD), ("p", Tier.PREMIUM)]:
         sched.add(make_seq(rid, tier, 8))
-    order = [run_step(sched).prefills[0].seq.request_id for _ in range(3)]
+    order: list[str] = []
+    for _ in range(4):
+        for item in run_step(sched).scheduled:
+            if item.seq.request_id not in order:
+                order.append(item.seq.request_id)
     assert order == ["p", "s", "f"]
 
 
@@ -168,3 +172,31 @@ def test_premium_takes_the_seat_of_the_newest_free_sequence_when_all_seats_are_t
     plan = run_step(sched)
     assert plan.preempted == [old]  # standard outranks free, not premium
     assert len(sched.running) == 2
+
+
+def test_lower_tiers_sit_out_the_steps_of_a_higher_tiers_prefill() -> None:
+    sched = make_scheduler(num_blocks=64, budget=16)
+    frees = [make_seq(f"f{i}", Tier.FREE, 4) for i in range(3)]
+    for seq in frees:
+        sched.add(seq)
+    run_step(sched)  # the free prompts prefill; from now on they decode
+    premium = make_seq("p", Tier.PREMIUM, 24)
+    sched.add(premium)
+    steps = []
+    while premium.num_output_tokens == 0:
+        steps.append([s.seq.request_id for s in run_step(sched).scheduled])
+    # Two prefill chunks (16 + 8 tokens) with nobody else in them.
+    assert steps == [["p"], ["p"]]
+    # Then everyone decodes together again, nothing lost.
+    assert sorted(s.seq.request_id for s in run_step(sched).decodes) == ["f0", "f1", "f2", "p"]
+    assert all(seq.num_output_tokens == 2 for seq in frees)
+
+
+def test_an_equal_tier_prefill_does_not_pause_anyone() -> None:
+    sched = make_scheduler(num_blocks=64)
+    sched.add(make_seq("a", Tier.FREE, 4))
+    run_step(sched)
+    sched.add(make_seq("b", Tier.FREE, 8))
+    plan = run_step(sched)
+    assert [s.seq.request_id for s in plan.decodes] == ["a"]
+    assert [s.seq.request_id for s in plan.prefills] == ["b"]
