@@ -40,6 +40,10 @@ from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamPool
 from tenantserve.gateway.upstream import OpenAIUpstream
+from tenantserve.registry.artifacts import build_artifact_store
+from tenantserve.registry.default_model import register_default_model
+from tenantserve.registry.service import RegistryService
+from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
 from tenantserve.scheduling.noisy_neighbor import NoisyNeighborDetector
 from tenantserve.storage.database import Database, database_url
@@ -54,10 +58,11 @@ ADMIN_TOKEN_FILE = "admin_token"
 
 @dataclass(frozen=True)
 class Tenancy:
-    """The metadata database and the tenancy use cases over it."""
+    """The metadata database and the use cases over it: tenancy and the model registry."""
 
     db: Database
     service: TenancyService
+    registry: RegistryService
 
 
 def build_tenancy(settings: Settings) -> Tenancy:
@@ -70,7 +75,9 @@ def build_tenancy(settings: Settings) -> Tenancy:
         ApiKeyHasher(settings.auth.api_key_pepper),
         JwtVerifier(settings.auth.jwt),
     )
-    return Tenancy(db=db, service=service)
+    artifacts = build_artifact_store(settings.artifacts, settings.data_dir)
+    registry = RegistryService(lambda: RegistryUnitOfWork(db.sessionmaker), artifacts)
+    return Tenancy(db=db, service=service, registry=registry)
 
 
 async def open_tenancy(settings: Settings) -> Tenancy:
@@ -211,6 +218,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         tenancy=tenancy.service,
         limiter=limiter,
         quota_ledger=quota_ledger,
+        registry=tenancy.registry,
         admin_token=admin_token,
         max_body_bytes=settings.max_body_bytes,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
@@ -221,6 +229,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
         await migrate(tenancy.db.url)
+        if settings.builtin_engine and settings.model_dir is None:
+            # The default model is in the registry from the first start on.
+            await register_default_model(tenancy.registry, resolve_model_dir(settings))
         try:
             yield
         finally:

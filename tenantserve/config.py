@@ -105,6 +105,28 @@ class AuthConfig:
     jwt: JwtConfig = field(default_factory=JwtConfig)
 
 
+ARTIFACT_STORE_KINDS = ("local", "s3")
+
+
+@dataclass(frozen=True)
+class ArtifactStoreConfig:
+    """Where model artifacts live: "local" (data_dir/artifacts) or "s3" (an S3-API bucket)."""
+
+    kind: str = "local"
+    # S3 only; None: boto3's defaults (AWS endpoint, its credential chain).
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARTIFACT_STORE_KINDS:
+            raise ConfigError(f"TENANTSERVE_ARTIFACT_STORE must be local or s3, not {self.kind!r}")
+        if self.kind == "s3" and not self.s3_bucket:
+            raise ConfigError("TENANTSERVE_ARTIFACT_STORE=s3 needs TENANTSERVE_S3_BUCKET")
+
+
 POOL_KINDS = ("openai",)
 
 
@@ -170,6 +192,8 @@ class Settings:
     builtin_engine: bool = True
     # External pools (`--pools FILE` / TENANTSERVE_POOLS_FILE, see `load_pools`).
     pools: tuple[PoolConfig, ...] = ()
+    # Model artifacts: the data dir's artifacts/ (default) or an S3 bucket.
+    artifacts: ArtifactStoreConfig = field(default_factory=ArtifactStoreConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -212,6 +236,7 @@ class Settings:
         if v := env.get("TENANTSERVE_POOLS_FILE"):
             s = replace(s, pools=load_pools(Path(v), env))
         s = replace(s, auth=_auth_from_env(s.auth, env))
+        s = replace(s, artifacts=_artifacts_from_env(env))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
 
@@ -297,6 +322,17 @@ def _bool(value: str, name: str) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"TENANTSERVE_{name} must be true or false, got {value!r}")
+
+
+def _artifacts_from_env(env: Mapping[str, str]) -> ArtifactStoreConfig:
+    return ArtifactStoreConfig(
+        kind=env.get("TENANTSERVE_ARTIFACT_STORE") or "local",
+        s3_endpoint_url=env.get("TENANTSERVE_S3_ENDPOINT_URL") or None,
+        s3_bucket=env.get("TENANTSERVE_S3_BUCKET") or None,
+        s3_region=env.get("TENANTSERVE_S3_REGION") or None,
+        s3_access_key_id=env.get("TENANTSERVE_S3_ACCESS_KEY_ID") or None,
+        s3_secret_access_key=env.get("TENANTSERVE_S3_SECRET_ACCESS_KEY") or None,
+    )
 
 
 def _auth_from_env(auth: AuthConfig, env: Mapping[str, str]) -> AuthConfig:

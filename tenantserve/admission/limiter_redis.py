@@ -10,9 +10,15 @@ is Redis's `TIME`, so processes on different hosts agree.
 When Redis cannot be reached the tier's policy decides: fail open admits with a
 `degraded` reservation, fail closed rejects with "limiter_unavailable". The outage is
 logged once, and `reserve` does not call Redis again until `unavailable_retry_after_s`
-passes (`commit` always tries: a lost commit holds its slot for `slot_ttl_s`). A
-decision that waits longer than `store_timeout_s` for one of the process's
-`max_connections` connections gets the same policy, without marking Redis down.
+passes (`commit` always tries: a lost commit holds its slot for `slot_ttl_s`).
+
+Calls are group-committed (`redis_batch.py`): one reserve pipeline and one commit
+pipeline in flight at a time; what arrives meanwhile goes together in the next, so under
+load N decisions cost one round trip (each script still atomic on its own). A reserve
+waits for at most the pipeline in flight and its own, each bounded by `store_timeout_s`
+(the socket timeout); a pipeline that fails or times out applies the policy to each of
+its reserves. A caller cancelled while its reserve is in flight gets nothing, and a slot
+the reserve took is given back at once.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
@@ -127,25 +134,26 @@ return 1
 _Call = tuple[tuple[str, ...], tuple[str | int | float, ...]]
 
 
-async def _evalsha_many(client: aioredis.Redis, script: AsyncScript, calls: list[_Call]) -> None:
+async def _evalsha_many(
+    client: aioredis.Redis, script: AsyncScript, calls: list[_Call]
+) -> list[Any]:
     """`script` for each call in one non-transactional pipeline (each call is atomic on its
-    own); a script Redis does not have (restarted, flushed) is loaded and those calls run
-    again. Raises the first error a call answered (after the others ran)."""
+    own): the answers in order, an error a call answered in its place. A script Redis
+    does not have (restarted, flushed) is loaded and those calls run again."""
     pipe = client.pipeline(transaction=False)
     for keys, args in calls:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-    results = await pipe.execute(raise_on_error=False)
-    missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
+    results: list[Any] = await pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         await client.script_load(script.script)
         pipe = client.pipeline(transaction=False)
-        for keys, args in missing:
+        for i in missing:
+            keys, args = calls[i]
             pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = [r for r in results if not isinstance(r, NoScriptError)]
-        results += await pipe.execute(raise_on_error=False)
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
+        for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            results[i] = r
+    return results
 
 
 # Timeouts in a row before the store counts as down (a refused connection counts at once).
@@ -179,7 +187,15 @@ class RedisRateLimiter:
         self._consecutive_timeouts = 0
         # Commits run after the response: those made while one is being written go
         # together in the next pipeline (each script still atomic on its own).
-        self._commits: Batcher[_Call] = Batcher(self._flush_commits)
+        self._commits: Batcher[_Call, None] = Batcher(self._flush_commits)
+        # Reserves too: the first goes at once, those made while it is in flight go
+        # together next (one round trip), each script atomic on its own as before.
+        self._reserves: Batcher[tuple[_Call, Reservation], Any] = Batcher(
+            self._flush_reserves,
+            abandoned=self._abandoned_reserve,
+            start_timeout_s=self._policy.store_timeout_s,
+            expired=self._saturated,
+        )
 
     @classmethod
     def from_url(
@@ -213,42 +229,62 @@ class RedisRateLimiter:
         if self._is_down():
             return self._unavailable(reservation)
         policy = self._policy
-        try:
-            if self._connections.locked():  # all connections busy: queue, but not for long
-                async with asyncio.timeout(policy.store_timeout_s):
-                    await self._connections.acquire()
-            else:
-                await self._connections.acquire()
-        except TimeoutError:
-            log.debug("rate limiter saturated: no connection within %.3f s", policy.store_timeout_s)
+        keys = self.keys(tenant_id)
+        args = (
+            limits.requests_per_minute,
+            limits.tokens_per_minute,
+            limits.max_concurrent,
+            tokens,
+            request_id,
+            policy.slot_ttl_s,
+            policy.concurrency_retry_after_s,
+            WINDOW_S,
+            EPSILON_S,
+        )
+        result = await self._reserves.submit(((keys, args), reservation))
+        if result is None:
             return self._unavailable(reservation)
-        try:
-            result = await self._reserve(
-                keys=self.keys(tenant_id),
-                args=[
-                    limits.requests_per_minute,
-                    limits.tokens_per_minute,
-                    limits.max_concurrent,
-                    tokens,
-                    request_id,
-                    policy.slot_ttl_s,
-                    policy.concurrency_retry_after_s,
-                    WINDOW_S,
-                    EPSILON_S,
-                ],
-            )
-        except (RedisError, OSError) as e:
-            self._failed(e)
-            return self._unavailable(reservation)
-        finally:
-            self._connections.release()
-        self._mark_up()
         if result[0] == b"reject":
             reason: RejectReason = result[1].decode()
             return Reject(reason, float(result[2]))
         # "held": the request_id is already in flight (e.g. a retried reserve); its
         # slot and tokens were taken by the first call.
         return Admit(reservation)
+
+    async def _flush_reserves(self, items: list[tuple[_Call, Reservation]]) -> list[Any]:
+        """The reserve script for each item, pipelined when there are several (one round
+        trip); None for an item Redis did not answer (the tier's policy decides)."""
+        failed: list[Any] = [None] * len(items)
+        if self._is_down():
+            return failed
+        try:
+            async with self._connections:
+                if len(items) == 1:
+                    (keys, args), _ = items[0]
+                    results = [await self._reserve(keys=keys, args=args)]
+                else:
+                    calls = [call for call, _ in items]
+                    results = await _evalsha_many(self._client, self._reserve, calls)
+        except (RedisError, OSError) as e:
+            self._failed(e)
+            return failed
+        self._mark_up()
+        for i, r in enumerate(results):
+            if isinstance(r, Exception):
+                log.warning("rate limiter reserve script failed: %r", r)
+                results[i] = None
+        return results
+
+    def _saturated(self, item: tuple[_Call, Reservation]) -> None:
+        """A reserve that waited `store_timeout_s` for its turn: the policy decides, and
+        Redis is not marked down (one slow call is not an outage)."""
+        log.debug("rate limiter saturated: no turn within %.3f s", self._policy.store_timeout_s)
+
+    def _abandoned_reserve(self, item: tuple[_Call, Reservation], result: Any) -> None:
+        """A reserve whose caller went away (cancelled) before its answer: a slot it took
+        is given back at once rather than held until it expires."""
+        if result is not None and result[0] == b"admit":
+            self._commits.submit_nowait(self._commit_call(item[1], 0))
 
     async def commit(self, reservation: Reservation, actual_tokens: int) -> None:
         """Free the slot and refund `reserved - actual` tokens; a second commit is a no-op.
@@ -261,6 +297,9 @@ class RedisRateLimiter:
         """
         if reservation.degraded:
             return
+        await self._commits.submit(self._commit_call(reservation, actual_tokens))
+
+    def _commit_call(self, reservation: Reservation, actual_tokens: int) -> _Call:
         _, tpm_key, inflight_key = self.keys(reservation.tenant_id)
         args = (
             reservation.request_id,
@@ -268,17 +307,22 @@ class RedisRateLimiter:
             reservation.limits.tokens_per_minute,
             WINDOW_S,
         )
-        await self._commits.submit(((tpm_key, inflight_key), args))
+        return (tpm_key, inflight_key), args
 
-    async def _flush_commits(self, calls: list[_Call]) -> None:
+    async def _flush_commits(self, calls: list[_Call]) -> list[None]:
         """The commit script for each of `calls`, pipelined: one round trip."""
+        done: list[None] = [None] * len(calls)
         try:
             async with self._connections:
-                await _evalsha_many(self._client, self._commit, calls)
+                results = await _evalsha_many(self._client, self._commit, calls)
         except (RedisError, OSError) as e:
             self._failed(e)
-            return
+            return done
         self._mark_up()
+        for r in results:
+            if isinstance(r, Exception):
+                log.warning("rate limiter commit script failed: %r", r)
+        return done
 
     async def close(self) -> None:
         """Write the commits still pending, then close the client if this limiter created

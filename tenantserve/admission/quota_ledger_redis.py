@@ -86,7 +86,7 @@ class RedisQuotaLedger:
         self._connections = asyncio.Semaphore(max_connections)
         # monotonic time until which Redis is considered down and not called; None: up.
         self._down_until_s: float | None = None
-        self._records: Batcher[_Record] = Batcher(self._flush_records)
+        self._records: Batcher[_Record, None] = Batcher(self._flush_records)
 
     @classmethod
     def from_url(
@@ -173,11 +173,12 @@ class RedisQuotaLedger:
         )
         await self._records.submit((keys, (requests, prompt_tokens, completion_tokens)))
 
-    async def _flush_records(self, records: list[_Record]) -> None:
+    async def _flush_records(self, records: list[_Record]) -> list[None]:
         """The records' counts summed per key, written in one MULTI/EXEC."""
+        done: list[None] = [None] * len(records)
         if self._is_down():
             log.debug("quota ledger down: dropped %d records", len(records))
-            return
+            return done
         totals: dict[str, list[int]] = {}
         expiry: dict[str, int] = {}
         for keys, counts in records:
@@ -196,8 +197,9 @@ class RedisQuotaLedger:
                 await pipe.execute()
         except (RedisError, OSError) as e:
             self._mark_down(e)
-            return
+            return done
         self._mark_up()
+        return done
 
     async def close(self) -> None:
         """Write the records still pending, then close the client if this ledger created

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 import typer
 
 from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
+from tenantserve.cli.models import model_app
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.config import Settings, load_pools
 from tenantserve.engine.client import AsyncEngineClient
@@ -39,6 +40,7 @@ app = typer.Typer(
 )
 app.add_typer(tenant_app)
 app.add_typer(key_app)
+app.add_typer(model_app)
 
 DataDirOption = Annotated[
     Path | None,

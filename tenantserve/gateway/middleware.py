@@ -68,25 +68,23 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = ApiError(
-            413,
-            f"The request body is larger than the limit of {self.max_body_bytes} bytes.",
-            code="request_too_large",
-        )
+        limit = self.max_body_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_body_bytes:
-            await too_large.response()(scope, receive, send)
+        if declared is not None and declared > limit:
+            await _too_large(limit).response()(scope, receive, send)
             return
 
         received = 0
         started = False
+        too_large: ApiError | None = None
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
+                    too_large = _too_large(limit)
                     raise too_large  # the route's error handler answers 413
             return message
 
@@ -99,9 +97,17 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except ApiError as e:
-            if e is not too_large or started:
+            if too_large is None or e is not too_large or started:
                 raise
             await too_large.response()(scope, receive, send)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The request body is larger than the limit of {limit} bytes.",
+        code="request_too_large",
+    )
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -32,6 +32,7 @@ from tenantserve.errors import (
     NotFoundError,
     TenantSuspendedError,
 )
+from tenantserve.registry.tables import metadata as registry_metadata
 from tenantserve.storage.database import Database
 from tenantserve.storage.migrations import current_revision, head_revision, migrate
 from tenantserve.tenancy.jwt_auth import JwtVerifier
@@ -139,7 +140,7 @@ def service(database: Database, clock: Clock) -> TenancyService:
 
 def _schema_differences(conn: Connection) -> list[object]:
     context = MigrationContext.configure(conn, opts={"compare_type": True})
-    return list(compare_metadata(context, metadata))
+    return list(compare_metadata(context, [metadata, registry_metadata]))  # type: ignore[arg-type]
 
 
 def _table_names(conn: Connection) -> set[str]:
@@ -150,7 +151,7 @@ async def test_migrations_build_the_schema_from_an_empty_database(empty_url: str
     assert await current_revision(empty_url) is None
     await migrate(empty_url)
     await migrate(empty_url)  # a second run is a no-op
-    assert await current_revision(empty_url) == head_revision() == "0002"
+    assert await current_revision(empty_url) == head_revision() == "0003"
     db = Database(empty_url)
     try:
         async with db.engine.connect() as conn:
@@ -176,7 +177,7 @@ async def test_upgrading_from_0001_keeps_existing_tenants_with_no_quotas(
                 {"at": datetime(2025, 1, 2, tzinfo=UTC)},
             )
         await migrate(empty_url)
-        assert await current_revision(empty_url) == "0002"
+        assert await current_revision(empty_url) == head_revision()
         service = TenancyService(lambda: UnitOfWork(db.sessionmaker), ApiKeyHasher("p"))
         old = await service.get_tenant("ten_old")
         assert old.quotas == () and old.limits == TenantLimits(max_concurrent=2)

@@ -8,11 +8,12 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
+from tenantserve.registry.tables import metadata as registry_metadata
 from tenantserve.storage.database import create_engine
 from tenantserve.tenancy.tables import metadata as tenancy_metadata
 
 config = context.config
-target_metadata = [tenancy_metadata]
+target_metadata = [tenancy_metadata, registry_metadata]
 
 
 def run_migrations(connection: Connection) -> None:

@@ -1,0 +1,125 @@
+"""The registry's admin API: the model catalog, behind the operator's Bearer admin token.
+
+    POST /admin/models                     {"path", "name", "version", "format"?,
+                                            "quantization"?, "runtimes"?, "min_memory_bytes"?,
+                                            "device"?, "status"?, "scope"?}
+                                           -> 201 version (200: identical, already there)
+    GET  /admin/models                     every version            -> {"data": [version]}
+    GET  /admin/models/{name}              the model's versions     -> {"data": [version]}
+    POST /admin/models/{name}/{version}/deprecate  {"end_date", "replacement"?} -> version
+    POST /admin/models/{name}/{version}/archive    {"replacement"?}            -> version
+
+`path` is a directory (or file) on the server's file system; its files are streamed into
+the artifact store. JSON as `registry/views.py` writes it (the CLI prints the same). A
+missing or wrong token is 401; bad fields, an immutable version registered with other
+content, and refused transitions are 400; unknown models 404.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tenantserve.errors import AuthenticationError
+from tenantserve.gateway.auth import bearer_credential
+from tenantserve.gateway.errors import parse_body
+from tenantserve.registry.service import DEFAULT_RUNTIMES, RegistryService
+from tenantserve.registry.views import version_json
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VersionRegister(_Strict):
+    path: str
+    name: str
+    version: str
+    format: str | None = None
+    quantization: str | None = None
+    runtimes: list[str] = Field(default_factory=lambda: list(DEFAULT_RUNTIMES))
+    min_memory_bytes: Annotated[int, Field(ge=0)] | None = None
+    device: str = "any"
+    status: str = "active"
+    scope: str = "public"
+
+
+class VersionDeprecate(_Strict):
+    end_date: str
+    replacement: str | None = None
+
+
+class VersionArchive(_Strict):
+    replacement: str | None = None
+
+
+class RegistryRoutes:
+    """Handlers of `/admin/models...`; each checks the admin token first."""
+
+    def __init__(self, registry: RegistryService, admin_token: str) -> None:
+        self.registry = registry
+        self._token = admin_token.encode()
+
+    def install(self, app: FastAPI) -> None:
+        """Add the registry's admin routes to `app`."""
+        app.add_api_route("/admin/models", self.register, methods=["POST"])
+        app.add_api_route("/admin/models", self.list_versions, methods=["GET"])
+        app.add_api_route("/admin/models/{name}", self.model_versions, methods=["GET"])
+        app.add_api_route(
+            "/admin/models/{name}/{version}/deprecate", self.deprecate, methods=["POST"]
+        )
+        app.add_api_route("/admin/models/{name}/{version}/archive", self.archive, methods=["POST"])
+
+    async def register(self, request: Request) -> JSONResponse:
+        self._check(request)
+        body = await parse_body(request, VersionRegister)
+        result = await self.registry.register(
+            Path(body.path),
+            body.name,
+            body.version,
+            format=body.format,
+            quantization=body.quantization,
+            runtimes=body.runtimes,
+            min_memory_bytes=body.min_memory_bytes,
+            device=body.device,
+            status=body.status,
+            scope=body.scope,
+        )
+        return JSONResponse(
+            version_json(result.version), status_code=201 if result.created else 200
+        )
+
+    async def list_versions(self, request: Request) -> dict[str, Any]:
+        self._check(request)
+        versions = await self.registry.list()
+        return {"object": "list", "data": [version_json(v) for v in versions]}
+
+    async def model_versions(self, request: Request, name: str) -> dict[str, Any]:
+        self._check(request)
+        versions = await self.registry.versions(name)
+        return {"object": "list", "data": [version_json(v) for v in versions]}
+
+    async def deprecate(self, request: Request, name: str, version: str) -> dict[str, Any]:
+        self._check(request)
+        body = await parse_body(request, VersionDeprecate)
+        deprecated = await self.registry.deprecate(
+            f"{name}@{version}", body.end_date, body.replacement
+        )
+        return version_json(deprecated)
+
+    async def archive(self, request: Request, name: str, version: str) -> dict[str, Any]:
+        self._check(request)
+        body = await parse_body(request, VersionArchive)
+        archived = await self.registry.archive(f"{name}@{version}", body.replacement)
+        return version_json(archived)
+
+    def _check(self, request: Request) -> None:
+        """AuthenticationError (401) unless the request carries the admin token."""
+        presented = bearer_credential(request.headers.get("authorization")).encode()
+        if not hmac.compare_digest(presented, self._token):
+            raise AuthenticationError("invalid admin token")

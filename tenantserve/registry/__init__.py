@@ -1,0 +1,1 @@
+"""The model registry: immutable model versions, their artifacts, lifecycle and resolution."""

@@ -1,0 +1,55 @@
+"""SQLAlchemy Core table `model_versions` (the domain classes know nothing of it).
+
+Mirrors migration 0003; a test checks that the migrated schema and this table agree.
+One row per immutable `name@version` (the primary key); the file manifest and the
+runtimes are JSON. Timestamps are UTC-aware on every backend (`UtcDateTime`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Date,
+    Index,
+    MetaData,
+    String,
+    Table,
+)
+
+from tenantserve.tenancy.tables import UtcDateTime
+
+metadata = MetaData()
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("digest", String(80), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("quantization", String(16), nullable=False),
+    Column("runtimes", JSON, nullable=False),
+    Column("min_memory_bytes", BigInteger, nullable=False),
+    Column("device", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    # "public" or the id of the one tenant that may use it.
+    Column("scope", String(64), nullable=False),
+    Column("artifact_uri", String(1024), nullable=False),
+    # A list of {"path", "size_bytes", "sha256"}, sorted by path.
+    Column("files", JSON, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("deprecated_at", UtcDateTime, nullable=True),
+    Column("deprecation_end_date", Date, nullable=True),
+    Column("replacement", String(200), nullable=True),
+    Column("archived_at", UtcDateTime, nullable=True),
+    CheckConstraint(
+        "status IN ('active', 'canary', 'deprecated', 'archived')",
+        name="ck_model_versions_status",
+    ),
+    Index("ix_model_versions_scope", "scope"),
+)
