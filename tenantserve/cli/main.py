@@ -67,8 +67,8 @@ def up(
     pools: Annotated[
         Path | None,
         typer.Option(
-            help="TOML file of external OpenAI-compatible pools (`[[pool]]` tables: name, "
-            "base_url, models, region, reserved_for).",
+            help="TOML file of external OpenAI-compatible pools (one `pool` table per "
+            "server: name, base_url, models, region, reserved_for; see the README).",
             show_default=False,
         ),
     ] = None,
