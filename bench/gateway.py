@@ -2,7 +2,8 @@
 fake OpenAI upstream, same load generator, one worker each.
 
     .venv/bin/python bench/gateway.py [--duration 10] [--rate 500 250] [--litellm-rate 40]
-        [--concurrency 32 64] [--profile] [--no-pin]
+        [--concurrency 32 64] [--targets tenantserve litellm] [--profile | --profile-only]
+        [--no-pin]
 
 Processes, each its own (`bench/fake_openai.py`, `bench/loadgen.py`, the servers):
 
@@ -21,8 +22,9 @@ minus direct, p50 and p99); then closed loops at each --concurrency for the most
 one worker serves. With two or more CPUs the server under test is pinned to the last
 CPU, the load generator and the upstream to the others (--no-pin: no pinning). Server
 CPU per request is read from /proc. --profile adds one py-spy'd closed-loop run of
-tenantserve (needs `pip install py-spy`). Writes bench/results/gateway.json and prints
-markdown tables; progress on stderr.
+tenantserve (needs `pip install py-spy`); --profile-only runs just that one (to see
+where the CPU goes after a change, in ≈25 s); --targets picks the gateways. Writes
+bench/results/gateway.json and prints markdown tables; progress on stderr.
 """
 
 from __future__ import annotations

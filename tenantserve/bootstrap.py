@@ -12,6 +12,7 @@ Nothing else builds engines or apps; tests call `build_service` with their own s
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,9 +40,16 @@ from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamPool
+from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.upstream import OpenAIUpstream
+from tenantserve.registry.adapter_service import AdapterService
+from tenantserve.registry.adapter_smoke import EngineSmokeTester
+from tenantserve.registry.artifact_cache import ArtifactCache
 from tenantserve.registry.artifacts import build_artifact_store
-from tenantserve.registry.default_model import register_default_model
+from tenantserve.registry.default_model import (
+    DEFAULT_MODEL_REGISTRY_NAME,
+    register_default_model,
+)
 from tenantserve.registry.service import RegistryService
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
@@ -154,6 +162,14 @@ def load_served_model(model_dir: Path) -> ServedModel:
     )
 
 
+def registry_name(settings: Settings) -> str:
+    """The registry name of the built-in engine's model: the default model's, or the
+    checkpoint directory's name in lower case."""
+    if settings.model_dir is None:
+        return DEFAULT_MODEL_REGISTRY_NAME
+    return re.sub(r"[^a-z0-9._-]+", "-", settings.model_dir.name.lower()).strip("-._") or "model"
+
+
 def build_engine_pool(settings: Settings, events: EventLog) -> EnginePool:
     """The built-in engine serving the configured (or default) model in the region's
     shared pool; its fair queue admits as many requests as the engine batches."""
@@ -213,12 +229,29 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
     quota_ledger = create_quota_ledger(settings.redis_url)
     admin_token, _ = ensure_admin_token(settings)
+    resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s)
+    engine_pool = next((p for p in pools if isinstance(p, EnginePool)), None)
+    served: dict[str, EnginePool] = {}  # registry ref -> engine pool, filled at start-up
+    adapters = AdapterService(
+        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
+        tenancy.registry,
+        ArtifactCache(tenancy.registry.store, settings.data_dir / "cache"),
+        EngineSmokeTester(lambda ref: served[ref].engine if ref in served else None),
+        settings.data_dir / "adapters",
+        max_adapter_bytes=settings.max_adapter_bytes,
+        max_lora_rank=settings.lora.max_lora_rank,
+        on_event=events.append,
+        on_change=resolver.invalidate,
+    )
+    resolver.adapters = adapters
     gateway = Gateway(
         pools=pools,
         tenancy=tenancy.service,
         limiter=limiter,
         quota_ledger=quota_ledger,
         registry=tenancy.registry,
+        adapters=adapters,
+        resolver=resolver,
         admin_token=admin_token,
         max_body_bytes=settings.max_body_bytes,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
@@ -229,9 +262,14 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
         await migrate(tenancy.db.url)
-        if settings.builtin_engine and settings.model_dir is None:
-            # The default model is in the registry from the first start on.
-            await register_default_model(tenancy.registry, resolve_model_dir(settings))
+        if engine_pool is not None:
+            # The engine's model is in the registry from the first start on; pinned
+            # requests and tenants' adapters of it run on the built-in engine.
+            version = await register_default_model(
+                tenancy.registry, resolve_model_dir(settings), name=registry_name(settings)
+            )
+            served[version.ref] = engine_pool
+            resolver.bind(version.ref, engine_pool)
         try:
             yield
         finally:

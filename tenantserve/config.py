@@ -184,6 +184,9 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     # Largest accepted request body (413 above it).
     max_body_bytes: int = 4 << 20
+    # Largest tenant adapter upload (all its files, or its archive and what it unpacks to;
+    # 413 above it). Uploads pass the body limit first: set max_body_bytes above this.
+    max_adapter_bytes: int = 256 << 20
     # Region of this deployment's pools; tenants of another region are refused (403).
     region: Region = Region.US
     # How long an authenticated credential is trusted without asking the database again.
@@ -229,6 +232,8 @@ class Settings:
             s = replace(s, admin_token=v)
         if v := env.get("TENANTSERVE_MAX_BODY_BYTES"):
             s = replace(s, max_body_bytes=_int(v, "MAX_BODY_BYTES"))
+        if v := env.get("TENANTSERVE_MAX_ADAPTER_BYTES"):
+            s = replace(s, max_adapter_bytes=_int(v, "MAX_ADAPTER_BYTES"))
         if v := env.get("TENANTSERVE_REGION"):
             s = replace(s, region=_region(v))
         if v := env.get("TENANTSERVE_BUILTIN_ENGINE"):

@@ -156,6 +156,9 @@ async def _evalsha_many(
     return results
 
 
+# Tenants whose keys are cached before the cache starts over.
+_MAX_CACHED_KEYS = 10_000
+
 # Timeouts in a row before the store counts as down (a refused connection counts at once).
 MAX_CONSECUTIVE_TIMEOUTS = 3
 
@@ -185,6 +188,7 @@ class RedisRateLimiter:
         # monotonic time until which Redis is considered down and not called; None: up.
         self._down_until_s: float | None = None
         self._consecutive_timeouts = 0
+        self._keys: dict[str, tuple[str, str, str]] = {}
         # Commits run after the response: those made while one is being written go
         # together in the next pipeline (each script still atomic on its own).
         self._commits: Batcher[_Call, None] = Batcher(self._flush_commits)
@@ -216,8 +220,13 @@ class RedisRateLimiter:
 
     def keys(self, tenant_id: str) -> tuple[str, str, str]:
         """The tenant's rpm TAT, tpm TAT and in-flight keys."""
-        base = f"{self._prefix}:{{{tenant_id}}}"
-        return f"{base}:rpm", f"{base}:tpm", f"{base}:inflight"
+        keys = self._keys.get(tenant_id)
+        if keys is None:
+            if len(self._keys) >= _MAX_CACHED_KEYS:
+                self._keys.clear()
+            base = f"{self._prefix}:{{{tenant_id}}}"
+            keys = self._keys[tenant_id] = (f"{base}:rpm", f"{base}:tpm", f"{base}:inflight")
+        return keys
 
     async def reserve(
         self, tenant_id: str, tier: Tier, limits: RateLimits, tokens: int, request_id: str

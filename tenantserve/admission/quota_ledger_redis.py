@@ -58,7 +58,10 @@ DEFAULT_DOWN_RETRY_S = 1.0
 _FIELDS = ("requests", "prompt_tokens", "completion_tokens")
 
 # One request's record: (key, its EXPIREAT s) of each period, and its counts in _FIELDS order.
-_Record = tuple[tuple[tuple[str, int], ...], tuple[int, int, int]]
+_RecordKeys = tuple[tuple[str, int], ...]
+_Record = tuple[_RecordKeys, tuple[int, int, int]]
+# Cached key sets (tenant, day) before the cache starts over.
+_MAX_CACHED_KEYS = 10_000
 
 
 class RedisQuotaLedger:
@@ -87,6 +90,8 @@ class RedisQuotaLedger:
         # monotonic time until which Redis is considered down and not called; None: up.
         self._down_until_s: float | None = None
         self._records: Batcher[_Record, None] = Batcher(self._flush_records)
+        # A tenant's keys (and their expiry) for a UTC day: the same for all its records.
+        self._record_keys: dict[tuple[str, int, int, int], _RecordKeys] = {}
 
     @classmethod
     def from_url(
@@ -164,13 +169,18 @@ class RedisQuotaLedger:
         if self._is_down():
             log.debug("quota ledger down: dropped a record for %s", tenant_id)
             return
-        keys = tuple(
-            (
-                self.key(tenant_id, period, now),
-                int(period_end(period, now).timestamp()) + KEY_GRACE_S,
+        day = (tenant_id, now.year, now.month, now.day)
+        keys = self._record_keys.get(day)
+        if keys is None:
+            if len(self._record_keys) >= _MAX_CACHED_KEYS:
+                self._record_keys.clear()
+            keys = self._record_keys[day] = tuple(
+                (
+                    self.key(tenant_id, period, now),
+                    int(period_end(period, now).timestamp()) + KEY_GRACE_S,
+                )
+                for period in QuotaPeriod
             )
-            for period in QuotaPeriod
-        )
         await self._records.submit((keys, (requests, prompt_tokens, completion_tokens)))
 
     async def _flush_records(self, records: list[_Record]) -> list[None]:

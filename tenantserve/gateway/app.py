@@ -32,9 +32,12 @@ from tenantserve.gateway.errors import install_error_handlers
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamPool, build_catalog
+from tenantserve.gateway.resolver import ModelResolver
+from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.gateway.routes_admin import AdminRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
 from tenantserve.gateway.routes_registry import RegistryRoutes
+from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.service import RegistryService
 from tenantserve.tenancy.service import TenancyService
 
@@ -60,6 +63,10 @@ class Gateway:
     events: EventLog = field(default_factory=EventLog)
     # The model registry (`/admin/models`); None: not served by this app.
     registry: RegistryService | None = None
+    # Tenant adapters (`/v1/adapters`); None: not served by this app.
+    adapters: AdapterService | None = None
+    # Pinned versions and adapters as `model` (built by the composition root).
+    resolver: ModelResolver | None = None
 
 
 def create_app(
@@ -100,6 +107,7 @@ def create_app(
         gateway.policy,
         quota_ledger=gateway.quota_ledger,
         events=gateway.events,
+        resolver=gateway.resolver,
     )
     api = OpenAIRoutes(auth, catalog, dispatcher)
 
@@ -118,9 +126,17 @@ def create_app(
     AdminRoutes(gateway.tenancy, auth, gateway.admin_token, gateway.events).install(app)
     if gateway.registry is not None:
         RegistryRoutes(gateway.registry, gateway.admin_token).install(app)
+    if gateway.adapters is not None:
+        AdapterRoutes(auth, gateway.adapters).install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=gateway.max_body_bytes)
+    # Adapter uploads may be larger than any API request: they have their own limit.
+    upload_limit = gateway.adapters.max_adapter_bytes + (1 << 20) if gateway.adapters else None
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=gateway.max_body_bytes,
+        path_limits={"/v1/adapters": upload_limit} if upload_limit else None,
+    )
     app.add_middleware(RequestIdMiddleware)
     for path, endpoint in completions.items():
         handled = _HandledEndpoint(endpoint, app)

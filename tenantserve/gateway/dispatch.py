@@ -37,7 +37,7 @@ from tenantserve.admission.policy import (
 from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
 from tenantserve.admission.quotas import QuotaExceeded, SoftAlertFilter, check_quotas
-from tenantserve.engine.request import EngineRequest, SamplingParams
+from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
 from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.errors import (
     ApiError,
@@ -48,6 +48,7 @@ from tenantserve.gateway.errors import (
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool, Pool
 from tenantserve.gateway.request_log import RequestRecord, log_request
+from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.streaming import Generation
 from tenantserve.scheduling.fair_queue import Grant, Ticket
@@ -84,6 +85,10 @@ class Admission:
     admission_s: float
     _dispatcher: Dispatcher
     _reservation: Reservation
+    # The caller's adapter, when `model` named one (engine pools only).
+    lora: LoraRef | None = None
+    # Extra response headers (a deprecated version's Deprecation / Sunset / Warning).
+    headers: Mapping[str, str] = field(default_factory=dict)
     _closed: bool = field(default=False, init=False)
 
     @property
@@ -100,10 +105,19 @@ class Admission:
         total = prompt_tokens + completion_tokens
         if self.pool.noisy_neighbors is not None:
             self.pool.noisy_neighbors.record(self.ctx.tenant_id, total, ttft_s)
-        await asyncio.gather(
-            self._dispatcher._commit(self._reservation, total),
-            self._dispatcher._charge(self.ctx.tenant_id, prompt_tokens, completion_tokens),
+        # Two Redis writes (each batched with other requests' by the store): the charge
+        # runs in one task beside the commit (not two tasks and a gather).
+        dispatcher = self._dispatcher
+        if total == 0:  # never ran: nothing to charge
+            await dispatcher._commit(self._reservation, 0)
+            return
+        charge = asyncio.ensure_future(
+            dispatcher._charge(self.ctx.tenant_id, prompt_tokens, completion_tokens)
         )
+        try:
+            await dispatcher._commit(self._reservation, total)
+        finally:
+            await charge
 
 
 class Dispatcher:
@@ -117,7 +131,9 @@ class Dispatcher:
         policy: PolicyConfig,
         quota_ledger: QuotaLedger | None = None,
         events: EventLog | None = None,
+        resolver: ModelResolver | None = None,
     ) -> None:
+        self.resolver = resolver
         self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
         self.catalog = catalog
         self.limiter = limiter
@@ -133,12 +149,17 @@ class Dispatcher:
         body: Body,
         num_prompt_tokens: int,
         prompt_param: str,
+        resolved: Resolved | None = None,
     ) -> Admission:
         """Decide, reserve, queue; raises ApiError (denied, rate limited) or Overloaded
-        (queue). Nothing is held once it raises."""
+        (queue). Nothing is held once it raises. `resolved`: what `resolve` found for a
+        name outside the static catalog."""
         started = time.perf_counter()
         admission = AdmissionRequest(body.model, num_prompt_tokens, body.requested_max_tokens())
-        decision = decide(ctx, admission, self.catalog.routes(ctx), self.policy)
+        routes = self.catalog.routes(ctx)
+        if resolved is not None:
+            routes = {**routes, body.model: resolved.route}
+        decision = decide(ctx, admission, routes, self.policy)
         if isinstance(decision, Denied):
             if decision.param == "messages":
                 decision = Denied(decision.status, decision.code, decision.message, prompt_param)
@@ -179,7 +200,23 @@ class Dispatcher:
             admission_s=time.perf_counter() - started,
             _dispatcher=self,
             _reservation=reservation,
+            lora=resolved.lora if resolved is not None else None,
+            headers=resolved.headers if resolved is not None else {},
         )
+
+    async def adapter_cards(self, ctx: TenantContext) -> list[tuple[str, int]]:
+        """(name, created) of the caller's ready adapters, which `model` may name."""
+        if self.resolver is None or self.resolver.adapters is None:
+            return []
+        adapters = await self.resolver.adapters.list(ctx)
+        return [(a.name, int(a.created_at.timestamp())) for a in adapters if a.is_ready]
+
+    async def resolve(self, ctx: TenantContext, model: str) -> Resolved | None:
+        """A pinned registry version or the caller's adapter named by `model`; None for a
+        name of the static catalog (or an unknown one: admission answers 404)."""
+        if self.resolver is None or model in self.catalog.routes(ctx):
+            return None
+        return await self.resolver.resolve(ctx, model)
 
     async def dispatch(
         self,
@@ -216,6 +253,7 @@ class Dispatcher:
             sampling=sampling,
             tenant_id=admission.ctx.tenant_id,
             tier=admission.grant.tier,
+            lora=admission.lora,
             cache_salt=admission.ctx.tenant_id,
         )
 

@@ -28,12 +28,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.dispatch import Admission, Body, Dispatcher
 from tenantserve.gateway.errors import ApiError, parse_json
 from tenantserve.gateway.middleware import request_id
 from tenantserve.gateway.pools import UpstreamPool
+from tenantserve.gateway.resolver import Resolved
 from tenantserve.gateway.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -71,8 +73,12 @@ class OpenAIRoutes:
         self.dispatcher = dispatcher
 
     async def models(self, request: Request) -> ModelList:
+        """The catalog's models the caller may use, then its own ready adapters."""
         ctx = await self._authenticate(request)
-        return ModelList(data=[self._card(r.model_id) for r in self.catalog.visible(ctx)])
+        cards = [self._card(r.model_id) for r in self.catalog.visible(ctx)]
+        for name, created in await self.dispatcher.adapter_cards(ctx):
+            cards.append(ModelCard(id=name, created=created, owned_by=ctx.tenant_id))
+        return ModelList(data=cards)
 
     async def model_card(self, request: Request, model_id: str) -> ModelCard:
         ctx = await self._authenticate(request)
@@ -80,6 +86,9 @@ class OpenAIRoutes:
         visible = {r.target: r for r in self.catalog.visible(ctx)}
         if route is not None and route.target in visible:
             return self._card(visible[route.target].model_id)
+        for name, created in await self.dispatcher.adapter_cards(ctx):
+            if name == model_id:
+                return ModelCard(id=name, created=created, owned_by=ctx.tenant_id)
         raise ApiError(
             404,
             f"The model `{model_id}` does not exist or you do not have access to it.",
@@ -92,7 +101,8 @@ class OpenAIRoutes:
         raw = await request.body()
         body = parse_json(raw, ChatCompletionRequest)
         rid = request_id(request)
-        tokenizer = self.catalog.tokenizer(body.model)
+        resolved = await self.dispatcher.resolve(ctx, body.model)
+        tokenizer = self._tokenizer(body.model, resolved)
         prompt: list[int] | None = None
         if tokenizer is not None:
             messages = [
@@ -101,7 +111,7 @@ class OpenAIRoutes:
             ]
             prompt = await asyncio.to_thread(tokenizer.encode_chat, messages)
         num_prompt = len(prompt) if prompt is not None else body.estimated_prompt_tokens()
-        admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "messages")
+        admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "messages", resolved)
         if isinstance(admission.pool, UpstreamPool):
             return await self._forward(request, admission, raw, body, "/chat/completions")
         outputs = await self._start(admission, body, prompt)
@@ -130,7 +140,8 @@ class OpenAIRoutes:
         raw = await request.body()
         body = parse_json(raw, CompletionRequest)
         rid = request_id(request)
-        tokenizer = self.catalog.tokenizer(body.model)
+        resolved = await self.dispatcher.resolve(ctx, body.model)
+        tokenizer = self._tokenizer(body.model, resolved)
         prompt: list[int] | None = None
         if not isinstance(body.prompt, str) and not isinstance(body.prompt[0], str):
             prompt = [int(t) for t in body.prompt]
@@ -140,7 +151,7 @@ class OpenAIRoutes:
         if prompt is not None and not prompt:
             raise ApiError(400, "the prompt encodes to no tokens", param="prompt")
         num_prompt = len(prompt) if prompt is not None else body.estimated_prompt_tokens()
-        admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "prompt")
+        admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "prompt", resolved)
         if isinstance(admission.pool, UpstreamPool):
             return await self._forward(request, admission, raw, body, "/completions")
         outputs = await self._start(admission, body, prompt)
@@ -161,6 +172,12 @@ class OpenAIRoutes:
             ),
             headers,
         )
+
+    def _tokenizer(self, model: str, resolved: Resolved | None) -> Tokenizer | None:
+        """The tokenizer of the model a request runs on (an adapter's: its base model's)."""
+        if resolved is not None:
+            return resolved.tokenizer
+        return self.catalog.tokenizer(model)
 
     async def _start(
         self, admission: Admission, body: Body, prompt: list[int] | None
@@ -309,4 +326,4 @@ def _server_timing(admission: Admission, upstream_s: float | None = None) -> dic
     timing = f"admission;dur={admission.admission_s * 1000:.3f}"
     if upstream_s is not None:
         timing += f", upstream;dur={upstream_s * 1000:.3f}"
-    return {"server-timing": timing}
+    return {**admission.headers, "server-timing": timing}

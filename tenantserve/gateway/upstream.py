@@ -85,6 +85,9 @@ class OpenAIUpstream:
                 headers=self._auth_headers,
                 timeout=self._timeout,
                 skip_auto_headers=("User-Agent",),
+                # No cookies: nothing to keep between requests of different tenants (and
+                # no cookie filtering per request).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -15,9 +15,13 @@ DEFAULT_MODEL_FIRST_VERSION = "1.0.0"
 
 
 async def register_default_model(
-    service: RegistryService, model_dir: Path, progress: Progress | None = None
+    service: RegistryService,
+    model_dir: Path,
+    progress: Progress | None = None,
+    name: str = DEFAULT_MODEL_REGISTRY_NAME,
 ) -> ModelVersion:
-    """The catalog's version of the checkpoint in `model_dir`, registered when absent.
+    """The catalog's version of the checkpoint in `model_dir` (under `name`: the default
+    model's unless another checkpoint is served), registered when absent.
 
     Cheap when present: a version whose files have the checkpoint's paths and sizes is
     taken as it (nothing is hashed). Otherwise the checkpoint is registered as 1.0.0, or,
@@ -26,7 +30,7 @@ async def register_default_model(
     """
     files = await asyncio.to_thread(scan_source, Path(model_dir))
     shape = sorted((f.path, f.size_bytes) for f in files)
-    versions = await service.list(DEFAULT_MODEL_REGISTRY_NAME)
+    versions = await service.list(name)
     for v in reversed(versions):
         if sorted((f.path, f.size_bytes) for f in v.files) == shape:
             return v
@@ -36,7 +40,7 @@ async def register_default_model(
         version = f"{major}.{minor}.{patch + 1}"
     result = await service.register(
         Path(model_dir),
-        DEFAULT_MODEL_REGISTRY_NAME,
+        name,
         version,
         format=ModelFormat.SAFETENSORS,
         quantization=Quantization.FP32,

@@ -1,4 +1,5 @@
-"""`ModelRepository`: model versions in and out of the database, as domain objects.
+"""`ModelRepository` and `AdapterRepository`: model versions and tenant adapters in and out
+of the database, as domain objects.
 
 Works inside the caller's transaction (the unit of work's session); it never commits.
 """
@@ -9,10 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy import RowMapping, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tenantserve.registry.adapters import Adapter, AdapterStatus
 from tenantserve.registry.model import (
     ArtifactFile,
     Device,
@@ -21,11 +23,15 @@ from tenantserve.registry.model import (
     ModelVersion,
     Quantization,
 )
-from tenantserve.registry.tables import model_versions
+from tenantserve.registry.tables import model_versions, tenant_adapters
 
 
 class DuplicateVersionError(Exception):
     """Another transaction inserted the same name@version first."""
+
+
+class DuplicateAdapterError(Exception):
+    """Another transaction inserted an adapter with the same (tenant, name) first."""
 
 
 class ModelRepository:
@@ -90,6 +96,100 @@ class ModelRepository:
             .values(**_lifecycle_row(version), updated_at=now)
         )
         version.updated_at = now
+
+
+class AdapterRepository:
+    """Tenant adapters, read and written through one session; every read is scoped to one
+    tenant (another tenant's adapters do not exist for it)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, adapter: Adapter) -> None:
+        """Insert a new adapter; DuplicateAdapterError when the tenant already has the name
+        (the transaction must then be rolled back)."""
+        try:
+            await self._session.execute(
+                insert(tenant_adapters).values(
+                    id=adapter.id,
+                    tenant_id=adapter.tenant_id,
+                    name=adapter.name,
+                    base_model=adapter.base_model,
+                    rank=adapter.rank,
+                    target_modules=list(adapter.target_modules),
+                    digest=adapter.digest,
+                    artifact_uri=adapter.artifact_uri,
+                    files=[_file_json(f) for f in adapter.files],
+                    size_bytes=adapter.size_bytes,
+                    status=adapter.status.value,
+                    report=adapter.report,
+                    created_at=adapter.created_at,
+                    updated_at=adapter.updated_at or adapter.created_at,
+                )
+            )
+        except IntegrityError as e:
+            raise DuplicateAdapterError(f"{adapter.tenant_id}/{adapter.name}") from e
+
+    async def get(self, tenant_id: str, name: str) -> Adapter | None:
+        """The tenant's adapter called `name`, or None."""
+        result = await self._session.execute(
+            select(tenant_adapters).where(
+                tenant_adapters.c.tenant_id == tenant_id, tenant_adapters.c.name == name
+            )
+        )
+        row = result.mappings().first()
+        return _adapter(row) if row is not None else None
+
+    async def list(self, tenant_id: str) -> Sequence[Adapter]:
+        """The tenant's adapters by name."""
+        result = await self._session.execute(
+            select(tenant_adapters)
+            .where(tenant_adapters.c.tenant_id == tenant_id)
+            .order_by(tenant_adapters.c.name)
+        )
+        return [_adapter(row) for row in result.mappings()]
+
+    async def finish(self, adapter: Adapter) -> bool:
+        """Write a validating adapter's outcome (status, report); False when its row is no
+        longer validating (deleted meanwhile): nothing is written then."""
+        result = await self._session.execute(
+            update(tenant_adapters)
+            .where(
+                tenant_adapters.c.id == adapter.id,
+                tenant_adapters.c.status == AdapterStatus.VALIDATING.value,
+            )
+            .values(
+                status=adapter.status.value,
+                report=adapter.report,
+                updated_at=adapter.updated_at or adapter.created_at,
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def delete(self, adapter: Adapter) -> bool:
+        """Remove the adapter's row; False when it was already gone."""
+        result = await self._session.execute(
+            delete(tenant_adapters).where(tenant_adapters.c.id == adapter.id)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+def _adapter(row: RowMapping) -> Adapter:
+    return Adapter(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        base_model=row["base_model"],
+        rank=row["rank"],
+        target_modules=tuple(row["target_modules"]),
+        digest=row["digest"],
+        artifact_uri=row["artifact_uri"],
+        files=tuple(ArtifactFile(**f) for f in row["files"]),
+        status=AdapterStatus(row["status"]),
+        report=row["report"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _lifecycle_row(version: ModelVersion) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""SQLAlchemy Core table `model_versions` (the domain classes know nothing of it).
+"""SQLAlchemy Core tables `model_versions` and `tenant_adapters` (the domain classes know
+nothing of them).
 
-Mirrors migration 0003; a test checks that the migrated schema and this table agree.
+Mirror migrations 0003 and 0004; a test checks that the migrated schema and these agree.
 One row per immutable `name@version` (the primary key); the file manifest and the
 runtimes are JSON. Timestamps are UTC-aware on every backend (`UtcDateTime`).
 """
@@ -14,9 +15,12 @@ from sqlalchemy import (
     Column,
     Date,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
+    Text,
+    UniqueConstraint,
 )
 
 from tenantserve.tenancy.tables import UtcDateTime
@@ -52,4 +56,30 @@ model_versions = Table(
         name="ck_model_versions_status",
     ),
     Index("ix_model_versions_scope", "scope"),
+)
+
+# One row per uploaded adapter; (tenant_id, name) is unique, so of two concurrent uploads
+# with the same name exactly one is inserted.
+tenant_adapters = Table(
+    "tenant_adapters",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("base_model", String(200), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("target_modules", JSON, nullable=False),
+    Column("digest", String(80), nullable=False),
+    Column("artifact_uri", String(1024), nullable=False),
+    # A list of {"path", "size_bytes", "sha256"}, sorted by path.
+    Column("files", JSON, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("report", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    CheckConstraint(
+        "status IN ('validating', 'ready', 'failed')", name="ck_tenant_adapters_status"
+    ),
+    UniqueConstraint("tenant_id", "name", name="uq_tenant_adapters_tenant_name"),
 )

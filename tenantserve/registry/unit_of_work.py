@@ -1,4 +1,5 @@
-"""`RegistryUnitOfWork`: one transaction around model-registry changes.
+"""`RegistryUnitOfWork`: one transaction around model-registry changes (model versions and
+tenant adapters).
 
     async with uow:
         await uow.models.add(version)
@@ -13,13 +14,14 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tenantserve.registry.repository import ModelRepository
+from tenantserve.registry.repository import AdapterRepository, ModelRepository
 
 
 class RegistryUnitOfWork:
-    """A session and its repository for one `async with` block; not reentrant."""
+    """A session and its repositories for one `async with` block; not reentrant."""
 
     models: ModelRepository
+    adapters: AdapterRepository
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
@@ -30,6 +32,7 @@ class RegistryUnitOfWork:
             raise RuntimeError("RegistryUnitOfWork is already in use")
         self._session = self._sessionmaker()
         self.models = ModelRepository(self._session)
+        self.adapters = AdapterRepository(self._session)
         return self
 
     async def __aexit__(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 
@@ -55,3 +57,35 @@ def write_random_adapter(
     out_dir = Path(out_dir)
     peft_model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def set_adapter_config(adapter_dir: Path, **changes: Any) -> Path:
+    """Change fields of `adapter_dir/adapter_config.json` (e.g. base_model_name_or_path)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+    return Path(adapter_dir)
+
+
+def edit_adapter_tensors(
+    adapter_dir: Path, edit: Callable[[dict[str, torch.Tensor]], None]
+) -> Path:
+    """Rewrite `adapter_dir/adapter_model.safetensors` after `edit` changed its tensors
+    (keys are PEFT's, e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight`)."""
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    tensors = dict(load_file(str(path)))
+    edit(tensors)
+    save_file(tensors, str(path))
+    return Path(adapter_dir)
+
+
+def zero_lora_b(adapter_dir: Path) -> Path:
+    """Set every lora_B to zero (PEFT's init): the adapter then changes nothing."""
+
+    def edit(tensors: dict[str, torch.Tensor]) -> None:
+        for key, t in tensors.items():
+            if ".lora_B." in key:
+                tensors[key] = torch.zeros_like(t)
+
+    return edit_adapter_tensors(adapter_dir, edit)

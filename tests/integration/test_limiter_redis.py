@@ -357,3 +357,46 @@ async def test_two_processes_sharing_redis_admit_no_more_than_the_limit(
     assert RPM_LIMIT <= total["rpm"] <= RPM_LIMIT * refill, (total, elapsed_s)
     assert TPM_LIMIT // TOKENS <= total["tpm"] <= TPM_LIMIT // TOKENS * refill, (total, elapsed_s)
     assert total["concurrency"] == CONCURRENT_LIMIT, total
+
+
+# Group commit: concurrent calls share pipelines; each decision is still its own.
+
+
+async def test_concurrent_reserves_and_commits_in_batches_keep_the_concurrency_cap(
+    limiter: RedisRateLimiter,
+) -> None:
+    lim = limits(concurrent=5)
+    results = await asyncio.gather(*(reserve(limiter, lim) for _ in range(20)))
+    held = [r.reservation for r in results if isinstance(r, Admit)]
+    assert len(held) == 5
+    assert all(r == Reject("concurrency", 1.0) for r in results if not isinstance(r, Admit))
+    await asyncio.gather(*(limiter.commit(r, 0) for r in held))
+    again = await asyncio.gather(*(reserve(limiter, lim) for _ in range(5)))
+    assert all(isinstance(r, Admit) for r in again)
+
+
+async def test_a_batch_after_redis_lost_its_scripts_loads_them_again(
+    limiter: RedisRateLimiter, redis_url: str
+) -> None:
+    await limiter.commit(await admitted(limiter, limits()), 0)  # the scripts are loaded
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    results = await asyncio.gather(*(reserve(limiter, limits(concurrent=3)) for _ in range(4)))
+    assert sum(isinstance(r, Admit) for r in results) == 3
+
+
+async def test_a_reserve_cancelled_in_flight_gives_its_slot_back(
+    limiter: RedisRateLimiter,
+) -> None:
+    lim = limits(concurrent=1)
+    task = asyncio.create_task(reserve(limiter, lim))
+    await asyncio.sleep(0)  # its pipeline is in flight
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(2):
+        while not isinstance(await reserve(limiter, lim), Admit):
+            await asyncio.sleep(0.01)

@@ -104,11 +104,11 @@ def _schema_differences(conn: Connection) -> list[object]:
     return list(compare_metadata(context, [tenancy_metadata, registry_metadata]))  # type: ignore[arg-type]
 
 
-async def test_migration_0003_builds_the_registry_table_matching_the_code(
+async def test_migrations_build_the_registry_tables_matching_the_code(
     database: Database,
 ) -> None:
-    assert head_revision() == "0003"
-    assert await current_revision(database.url) == "0003"
+    assert head_revision() == "0004"
+    assert await current_revision(database.url) == "0004"
     async with database.engine.connect() as conn:
         assert await conn.run_sync(_schema_differences) == []
 

@@ -1,0 +1,442 @@
+"""Tenant adapter use cases: upload (receive, check, store, smoke-test), list, get, delete,
+and `resolve` for the gateway (ready adapters only).
+
+An upload goes through these steps; each failure before the row is written is a 4xx and
+leaves nothing behind (the upload's temporary directory is always removed):
+
+    receive   parts streamed into `work_dir/<random>/` under the byte limit (413), or one
+              archive unpacked safely (`archive.py`); pickle files refused
+    check     safetensors header (size, not truncated), adapter_config.json, the base model
+              it names (resolved for the tenant: another tenant's private version does not
+              exist), then every tensor against the base model's geometry and
+              `max_lora_rank`, finite values (`engine/lora_files.py`)
+    record    row `validating`; the database's unique (tenant, name) decides between
+              concurrent uploads with the same name: the other one gets AdapterExistsError
+    store     the files into the artifact store (`adapters/<tenant>/<name>/<digest16>`)
+    smoke     an engine generates with and without it (`adapter_smoke.py`)
+    finish    `ready`, or `failed` with the tenant-facing report, an operator event, and
+              its stored files removed
+
+A `validating` or `failed` adapter is never routable; `resolve` returns ready ones only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import struct
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from tenantserve.engine.lora_files import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from tenantserve.engine.models.checkpoint import read_config
+from tenantserve.engine.models.llama import LlamaConfig
+from tenantserve.errors import (
+    AdapterError,
+    CheckpointError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from tenantserve.registry.adapter_smoke import SmokeReport, SmokeTester
+from tenantserve.registry.adapters import (
+    Adapter,
+    AdapterExistsError,
+    AdapterStatus,
+    adapter_key,
+    new_adapter_id,
+    validate_adapter_name,
+)
+from tenantserve.registry.archive import copy_limited, extract_adapter_archive, refuse_pickle
+from tenantserve.registry.artifact_cache import ArtifactCache
+from tenantserve.registry.artifacts import (
+    ArtifactIntegrityError,
+    ArtifactStore,
+    fsync_dir,
+    hash_source,
+    scan_source,
+)
+from tenantserve.registry.model import ArtifactFile, ModelRef, ModelVersion, manifest_digest
+from tenantserve.registry.repository import DuplicateAdapterError
+from tenantserve.registry.service import RegistryService, utc_now
+from tenantserve.registry.unit_of_work import RegistryUnitOfWork
+from tenantserve.tenancy.model import TenantContext
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_FIELD = "archive"
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_SAFETENSORS_HEADER_BYTES = 8 << 20
+FAILED_EVENT = "adapter_failed"
+INTERNAL_FAILURE_REPORT = "the upload could not be completed (internal error); upload it again"
+
+# on_event(kind, tenant_id, details): the operator's event log (`EventLog.append`).
+OnEvent = Callable[[str, str | None, Mapping[str, Any]], object]
+
+
+class UploadPart(NamedTuple):
+    """One file field of an upload: its form field name, the client's file name, its bytes
+    (a file object read in chunks on a worker thread)."""
+
+    field: str
+    filename: str | None
+    stream: IO[bytes]
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """An upload that passed every file check."""
+
+    base: ModelVersion
+    base_dir: Path
+    rank: int
+    target_modules: tuple[str, ...]
+    manifest: tuple[ArtifactFile, ...]
+
+
+def _no_event(kind: str, tenant_id: str | None, details: Mapping[str, Any]) -> None:
+    return None
+
+
+class AdapterService:
+    """Tenant adapters over the registry's unit of work, artifact store and cache."""
+
+    def __init__(
+        self,
+        uow_factory: Callable[[], RegistryUnitOfWork],
+        registry: RegistryService,
+        cache: ArtifactCache,
+        smoke: SmokeTester,
+        work_dir: Path,
+        *,
+        max_adapter_bytes: int,
+        max_lora_rank: int,
+        on_event: OnEvent = _no_event,
+        clock: Callable[[], datetime] = utc_now,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._uow = uow_factory
+        self._registry = registry
+        self._cache = cache
+        self._smoke = smoke
+        # Uploads in progress and local copies of ready adapters live below it.
+        self.work_dir = Path(work_dir)
+        self.max_adapter_bytes = max_adapter_bytes
+        self.max_lora_rank = max_lora_rank
+        self._on_event = on_event
+        self._clock = clock
+        # Called when an adapter becomes routable or stops being (caches of resolutions).
+        self.on_change = on_change
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self._cache.store
+
+    async def upload(
+        self,
+        ctx: TenantContext,
+        name: str,
+        parts: Sequence[UploadPart],
+        base_model: str | None = None,
+    ) -> Adapter:
+        """Receive, check, store and smoke-test an adapter; returns it `ready` or `failed`
+        (with its report). InvalidRequestError naming the problem for a bad upload (nothing
+        is kept), AdapterTooLargeError above the limit, AdapterExistsError for a name the
+        tenant already uses. `base_model` overrides the config's `base_model_name_or_path`."""
+        name = validate_adapter_name(name)
+        await self._refuse_existing(ctx.tenant_id, name)
+        tmp = self.work_dir / "uploads" / uuid.uuid4().hex
+        files_dir = tmp / "files"
+        await asyncio.to_thread(files_dir.mkdir, parents=True)
+        try:
+            await asyncio.to_thread(self._receive, parts, tmp, files_dir)
+            checked = await self._check(ctx, files_dir, base_model)
+            adapter = await self._record(ctx.tenant_id, name, checked)
+            return await self._store_and_test(adapter, checked, files_dir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            self._changed()
+
+    async def list(self, ctx: TenantContext) -> Sequence[Adapter]:
+        """The caller's adapters (every status), by name."""
+        async with self._uow() as uow:
+            return await uow.adapters.list(ctx.tenant_id)
+
+    async def get(self, ctx: TenantContext, name: str) -> Adapter:
+        """The caller's adapter; NotFoundError for unknown names and other tenants' ones."""
+        async with self._uow() as uow:
+            found = await uow.adapters.get(ctx.tenant_id, name)
+        if found is None:
+            raise NotFoundError(f"adapter {name!r} does not exist")
+        return found
+
+    async def delete(self, ctx: TenantContext, name: str) -> Adapter:
+        """Delete the caller's adapter (any status) and its files; NotFoundError otherwise.
+        The row goes first, so it is never routable without its files."""
+        async with self._uow() as uow:
+            found = await uow.adapters.get(ctx.tenant_id, name)
+            if found is None or not await uow.adapters.delete(found):
+                raise NotFoundError(f"adapter {name!r} does not exist")
+            await uow.commit()
+        self._changed()
+        await self.store.delete(self.store.key_of(found.artifact_uri))
+        await asyncio.to_thread(shutil.rmtree, self._local_path(found), True)
+        return found
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    async def resolve(self, ctx: TenantContext, name: str) -> Adapter | None:
+        """The caller's ready adapter called `name`, else None (for the gateway's routing)."""
+        try:
+            validate_adapter_name(name)
+        except InvalidRequestError:
+            return None
+        async with self._uow() as uow:
+            found = await uow.adapters.get(ctx.tenant_id, name)
+        return found if found is not None and found.is_ready else None
+
+    async def local_dir(self, adapter: Adapter) -> Path:
+        """A verified local copy of the adapter's files (for the engine's `LoraRef.path`),
+        pulled from the artifact store on first use."""
+        target = self._local_path(adapter)
+        if await asyncio.to_thread(_is_intact, target, adapter.files):
+            return target
+        tmp = self.work_dir / "uploads" / f"pull-{uuid.uuid4().hex}"
+        try:
+            key = self.store.key_of(adapter.artifact_uri)
+            for f in adapter.files:
+                got = await self.store.download(key, f.path, tmp / f.path)
+                if (got.size_bytes, got.sha256) != (f.size_bytes, f.sha256):
+                    raise ArtifactIntegrityError(f"adapter {adapter.id}: {f.path} is corrupt")
+            await asyncio.to_thread(_publish, tmp, target)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+        return target
+
+    # -- upload steps -------------------------------------------------------------------
+
+    async def _refuse_existing(self, tenant_id: str, name: str) -> None:
+        async with self._uow() as uow:
+            existing = await uow.adapters.get(tenant_id, name)
+        if existing is not None:
+            raise _exists(name, existing.status)
+
+    def _receive(self, parts: Sequence[UploadPart], tmp: Path, files_dir: Path) -> None:
+        """Stream the parts to disk under the byte limit, unpacking an archive (blocking)."""
+        fields = [p.field for p in parts]
+        for part in parts:
+            refuse_pickle(part.field)
+            refuse_pickle(part.filename or "")
+            if part.field not in (*ADAPTER_FILES, ARCHIVE_FIELD):
+                raise InvalidRequestError(
+                    f"unexpected file field {part.field!r}: send {CONFIG_FILE} and "
+                    f"{WEIGHTS_FILE}, or one {ARCHIVE_FIELD}"
+                )
+            if fields.count(part.field) > 1:
+                raise InvalidRequestError(f"file field {part.field!r} is sent twice")
+        if ARCHIVE_FIELD in fields:
+            if len(parts) > 1:
+                raise InvalidRequestError(f"send either one {ARCHIVE_FIELD} or the files, not both")
+            archive = tmp / "upload.archive"
+            too_large = f"the archive is above the adapter size limit of {self.max_adapter_bytes}"
+            copy_limited(parts[0].stream, archive, self.max_adapter_bytes, too_large + " bytes")
+            extract_adapter_archive(archive, files_dir, self.max_adapter_bytes)
+            return
+        missing = [f for f in ADAPTER_FILES if f not in fields]
+        if missing:
+            raise InvalidRequestError(
+                f"the upload has no {' and no '.join(missing)} (send both files, or one "
+                f"{ARCHIVE_FIELD}: a .tar.gz or .zip holding them)"
+            )
+        budget = self.max_adapter_bytes
+        for part in parts:
+            what = f"the upload is above the adapter size limit of {self.max_adapter_bytes} bytes"
+            budget -= copy_limited(part.stream, files_dir / part.field, budget, what)
+
+    async def _check(self, ctx: TenantContext, files_dir: Path, base_model: str | None) -> _Checked:
+        config = await asyncio.to_thread(_read_config_json, files_dir / CONFIG_FILE)
+        await asyncio.to_thread(_check_safetensors_header, files_dir / WEIGHTS_FILE)
+        base = await self._base_model(ctx, base_model or config.get("base_model_name_or_path"))
+        base_dir = await self._cache.pull(base)
+        model_cfg = await asyncio.to_thread(_model_config, base_dir, base.ref)
+        try:
+            weights = await asyncio.to_thread(
+                read_adapter, "upload", files_dir, model_cfg, self.max_lora_rank
+            )
+        except AdapterError as e:
+            raise AdapterError(_scrub(str(e), files_dir)) from None
+        manifest = await asyncio.to_thread(lambda: hash_source(scan_source(files_dir)))
+        return _Checked(
+            base=base,
+            base_dir=base_dir,
+            rank=weights.rank,
+            target_modules=tuple(sorted(weights.target_modules)),
+            manifest=tuple(manifest),
+        )
+
+    async def _base_model(self, ctx: TenantContext, ref: object) -> ModelVersion:
+        if not isinstance(ref, str) or not ref:
+            raise InvalidRequestError(
+                f"name the base model: {CONFIG_FILE}'s base_model_name_or_path, or the "
+                "form field base_model (a catalog model: name or name@version)"
+            )
+        try:
+            parsed = ModelRef.parse(ref)
+            version = (await self._registry.resolve(str(parsed), ctx.tenant_id)).version
+        except NotFoundError:
+            raise InvalidRequestError(f"base model {ref!r} does not exist") from None
+        except InvalidRequestError as e:
+            raise InvalidRequestError(f"base model {ref!r} is not a catalog model ({e})") from None
+        if not (ctx.allows_model(version.name) or ctx.allows_model(version.ref)):
+            raise PermissionDeniedError(f"this API key may not use base model {version.name}")
+        return version
+
+    async def _record(self, tenant_id: str, name: str, checked: _Checked) -> Adapter:
+        digest = manifest_digest(checked.manifest)
+        adapter = Adapter(
+            id=new_adapter_id(),
+            tenant_id=tenant_id,
+            name=name,
+            base_model=checked.base.ref,
+            rank=checked.rank,
+            target_modules=checked.target_modules,
+            digest=digest,
+            artifact_uri=self.store.uri(adapter_key(tenant_id, name, digest)),
+            files=checked.manifest,
+            status=AdapterStatus.VALIDATING,
+            created_at=self._clock(),
+        )
+        try:
+            async with self._uow() as uow:
+                await uow.adapters.add(adapter)
+                await uow.commit()
+        except DuplicateAdapterError:
+            raise _exists(name, None) from None
+        return adapter
+
+    async def _store_and_test(
+        self, adapter: Adapter, checked: _Checked, files_dir: Path
+    ) -> Adapter:
+        key = self.store.key_of(adapter.artifact_uri)
+        try:
+            files = await asyncio.to_thread(scan_source, files_dir)
+            stored = await self.store.put_dir(key, files)
+            if tuple(sorted(stored, key=lambda f: f.path)) != adapter.files:
+                raise ArtifactIntegrityError(f"adapter {adapter.id}: stored files differ")
+            verdict = await self._smoke.run(files_dir, checked.base_dir, checked.base.ref)
+        except Exception:
+            logger.exception("upload of adapter %s (%s) failed", adapter.id, adapter.name)
+            verdict = SmokeReport(False, INTERNAL_FAILURE_REPORT)
+            await self._finish(adapter, verdict, key)
+            raise
+        return await self._finish(adapter, verdict, key)
+
+    async def _finish(self, adapter: Adapter, verdict: SmokeReport, key: str) -> Adapter:
+        now = self._clock()
+        if verdict.ok:
+            adapter.mark_ready(now)
+        else:
+            adapter.mark_failed(verdict.report or "the smoke test failed", now)
+        async with self._uow() as uow:
+            written = await uow.adapters.finish(adapter)
+            await uow.commit()
+        if not verdict.ok or not written:
+            await self.store.delete(key)
+        if not written:
+            raise NotFoundError(f"adapter {adapter.name!r} was deleted while it was checked")
+        if not verdict.ok:
+            self._on_event(
+                FAILED_EVENT,
+                adapter.tenant_id,
+                {
+                    "adapter": adapter.name,
+                    "adapter_id": adapter.id,
+                    "base_model": adapter.base_model,
+                    "report": adapter.report,
+                },
+            )
+        return adapter
+
+    def _local_path(self, adapter: Adapter) -> Path:
+        return self.work_dir / "local" / adapter.tenant_id / adapter.id
+
+
+def _exists(name: str, status: AdapterStatus | None) -> AdapterExistsError:
+    state = f" ({status.value})" if status is not None else ""
+    return AdapterExistsError(
+        f"adapter {name!r} already exists{state}; delete it first or choose another name"
+    )
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{CONFIG_FILE} is {size} bytes; at most {MAX_CONFIG_BYTES} allowed")
+    try:
+        raw = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdapterError(f"{CONFIG_FILE}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{CONFIG_FILE}: expected a JSON object")
+    return raw
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """The 8-byte header length and the JSON header it announces fit the file and the limit
+    (the safetensors reader checks the rest)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        prefix = f.read(9)
+    if len(prefix) < 9:
+        raise AdapterError(f"{WEIGHTS_FILE} is truncated ({size} bytes)")
+    (header_bytes,) = struct.unpack("<Q", prefix[:8])
+    if prefix[8:9] != b"{":
+        raise AdapterError(f"{WEIGHTS_FILE} is not a safetensors file")
+    if header_bytes > MAX_SAFETENSORS_HEADER_BYTES:
+        raise AdapterError(
+            f"{WEIGHTS_FILE}: its header is {header_bytes} bytes, above the limit of "
+            f"{MAX_SAFETENSORS_HEADER_BYTES}"
+        )
+    if 8 + header_bytes > size:
+        raise AdapterError(
+            f"{WEIGHTS_FILE} is truncated: its header needs {8 + header_bytes} bytes, the file "
+            f"has {size}"
+        )
+
+
+def _model_config(base_dir: Path, ref: str) -> LlamaConfig:
+    try:
+        return read_config(base_dir)
+    except CheckpointError as e:
+        raise InvalidRequestError(f"base model {ref} cannot take LoRA adapters ({e})") from None
+
+
+def _scrub(message: str, files_dir: Path) -> str:
+    """An engine-side message without the upload's directory (tenants see it)."""
+    return message.replace(f"{files_dir}/", "").replace(str(files_dir), "the upload")
+
+
+def _is_intact(target: Path, files: tuple[ArtifactFile, ...]) -> bool:
+    return target.is_dir() and all(
+        (target / f.path).is_file() and (target / f.path).stat().st_size == f.size_bytes
+        for f in files
+    )
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    fsync_dir(target.parent)
