@@ -170,7 +170,7 @@ class Settings:
     model_dir: Path | None = None
     device: str = "cpu"
     quantization: str = "fp32"
-    # Engine compute threads; None: on CPU, one per core but one (`default_engine_threads`).
+    # Engine compute threads; None: PyTorch's default (one per core).
     engine_threads: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -250,22 +250,11 @@ class Settings:
             model_dir=model_dir,
             device=self.device,
             quantization=self.quantization,
-            num_threads=self.engine_threads or default_engine_threads(self.device),
+            num_threads=self.engine_threads,
             cache=self.cache,
             scheduler=self.scheduler,
             lora=self.lora,
         )
-
-
-def default_engine_threads(device: str) -> int | None:
-    """On CPU, leave one core to the gateway process (HTTP, tokenizer, streaming): an engine
-    whose compute threads fill every core is preempted whenever the gateway runs, and each
-    preempted thread stalls the whole step (premium TTFT under a flood, docs/benchmarks.md).
-    None elsewhere: a GPU's compute is not shared with the gateway."""
-    if device != "cpu":
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
 
 
 def load_pools(path: Path, env: Mapping[str, str] | None = None) -> tuple[PoolConfig, ...]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -66,8 +65,9 @@ def test_the_builtin_engine_can_be_switched_off() -> None:
         Settings.from_env({"TENANTSERVE_BUILTIN_ENGINE": "maybe"})
 
 
-def test_the_engine_leaves_a_core_to_the_gateway_on_cpu_unless_told() -> None:
-    cores = len(os.sched_getaffinity(0))
-    assert Settings().engine_config(Path("m")).num_threads == max(1, cores - 1)
-    assert Settings(engine_threads=3).engine_config(Path("m")).num_threads == 3
-    assert Settings(device="cuda").engine_config(Path("m")).num_threads is None
+def test_engine_threads_come_from_the_environment() -> None:
+    assert Settings().engine_config(Path("m")).num_threads is None  # PyTorch's default
+    settings = Settings.from_env({"TENANTSERVE_ENGINE_THREADS": "3"})
+    assert settings.engine_config(Path("m")).num_threads == 3
+    with pytest.raises(ConfigError):
+        Settings.from_env({"TENANTSERVE_ENGINE_THREADS": "many"})
