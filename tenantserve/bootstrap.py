@@ -11,6 +11,8 @@ Nothing else builds engines or apps; tests call `build_service` with their own s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -50,6 +52,7 @@ from tenantserve.registry.default_model import (
     DEFAULT_MODEL_REGISTRY_NAME,
     register_default_model,
 )
+from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
@@ -244,6 +247,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         on_change=resolver.invalidate,
     )
     resolver.adapters = adapters
+    rollouts = RolloutService(
+        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker), on_change=resolver.invalidate
+    )
     gateway = Gateway(
         pools=pools,
         tenancy=tenancy.service,
@@ -252,6 +258,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         registry=tenancy.registry,
         adapters=adapters,
         resolver=resolver,
+        rollouts=rollouts,
         admin_token=admin_token,
         max_body_bytes=settings.max_body_bytes,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
@@ -262,6 +269,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
         await migrate(tenancy.db.url)
+        await adapters.fail_interrupted()
         if engine_pool is not None:
             # The engine's model is in the registry from the first start on; pinned
             # requests and tenants' adapters of it run on the built-in engine.
@@ -270,9 +278,13 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
             )
             served[version.ref] = engine_pool
             resolver.bind(version.ref, engine_pool)
+        ticking = asyncio.create_task(rollouts.run_forever())
         try:
             yield
         finally:
+            ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticking
             await limiter.close()
             await quota_ledger.close()
             await tenancy.db.dispose()

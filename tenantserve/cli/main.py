@@ -21,6 +21,7 @@ import typer
 
 from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
 from tenantserve.cli.models import model_app
+from tenantserve.cli.rollout import rollout_app
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.config import Settings, load_pools
 from tenantserve.engine.client import AsyncEngineClient
@@ -41,6 +42,7 @@ app = typer.Typer(
 app.add_typer(tenant_app)
 app.add_typer(key_app)
 app.add_typer(model_app)
+app.add_typer(rollout_app)
 
 DataDirOption = Annotated[
     Path | None,

@@ -37,7 +37,9 @@ from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.gateway.routes_admin import AdminRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
 from tenantserve.gateway.routes_registry import RegistryRoutes
+from tenantserve.gateway.routes_rollout import RolloutRoutes
 from tenantserve.registry.adapter_service import AdapterService
+from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
 from tenantserve.tenancy.service import TenancyService
 
@@ -67,6 +69,8 @@ class Gateway:
     adapters: AdapterService | None = None
     # Pinned versions and adapters as `model` (built by the composition root).
     resolver: ModelResolver | None = None
+    # Canary rollouts of model versions (`/admin/rollouts`); None: not served here.
+    rollouts: RolloutService | None = None
 
 
 def create_app(
@@ -128,6 +132,8 @@ def create_app(
         RegistryRoutes(gateway.registry, gateway.admin_token).install(app)
     if gateway.adapters is not None:
         AdapterRoutes(auth, gateway.adapters).install(app)
+    if gateway.rollouts is not None:
+        RolloutRoutes(gateway.rollouts, gateway.admin_token).install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.
     # Adapter uploads may be larger than any API request: they have their own limit.

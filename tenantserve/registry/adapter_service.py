@@ -30,7 +30,7 @@ import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -103,6 +103,10 @@ class _Checked:
 
 def _no_event(kind: str, tenant_id: str | None, details: Mapping[str, Any]) -> None:
     return None
+
+
+# An upload (receive, validate, store, smoke test) never takes this long.
+STALE_UPLOAD_AFTER = timedelta(minutes=15)
 
 
 class AdapterService:
@@ -189,6 +193,16 @@ class AdapterService:
         await self.store.delete(self.store.key_of(found.artifact_uri))
         await asyncio.to_thread(shutil.rmtree, self._local_path(found), True)
         return found
+
+    async def fail_interrupted(self, older_than: timedelta = STALE_UPLOAD_AFTER) -> int:
+        """At start-up: uploads left `validating` for longer than any upload takes were cut
+        off (a restart, a crash); mark them failed so their names can be used again."""
+        now = self._clock()
+        report = "the upload was interrupted (the server restarted); upload the adapter again"
+        async with self._uow() as uow:
+            count = await uow.adapters.fail_stale(now - older_than, report, now)
+            await uow.commit()
+        return count
 
     def _changed(self) -> None:
         if self.on_change is not None:

@@ -1,7 +1,7 @@
-"""SQLAlchemy Core tables `model_versions` and `tenant_adapters` (the domain classes know
-nothing of them).
+"""SQLAlchemy Core tables `model_versions`, `tenant_adapters` and `rollouts` (the domain
+classes know nothing of them).
 
-Mirror migrations 0003 and 0004; a test checks that the migrated schema and these agree.
+Mirror migrations 0003, 0004 and 0005; a test checks that the migrated schema and these agree.
 One row per immutable `name@version` (the primary key); the file manifest and the
 runtimes are JSON. Timestamps are UTC-aware on every backend (`UtcDateTime`).
 """
@@ -14,6 +14,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Date,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -82,4 +83,35 @@ tenant_adapters = Table(
         "status IN ('validating', 'ready', 'failed')", name="ck_tenant_adapters_status"
     ),
     UniqueConstraint("tenant_id", "name", name="uq_tenant_adapters_tenant_name"),
+)
+
+# One row per rollout; `active_model` is the model name while the rollout runs and NULL
+# once it is done or rolled back, so its unique constraint allows one running rollout per
+# model (NULLs never collide, on SQLite or PostgreSQL). `revision` guards against two
+# processes applying a step to the same rollout.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("model", String(128), nullable=False),
+    Column("active_model", String(128), nullable=True),
+    Column("stable_ref", String(200), nullable=False),
+    Column("candidate_ref", String(200), nullable=False),
+    # The plan's options: shadow_percent, canary_steps, step_seconds, min_requests, margins.
+    Column("plan", JSON, nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("step_index", Integer, nullable=True),
+    Column("percent", Float, nullable=False),
+    Column("step_started_at", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime, nullable=True),
+    # A list of {"at", "phase", "percent", "reason"}, oldest first.
+    Column("history", JSON, nullable=False),
+    Column("revision", Integer, nullable=False),
+    CheckConstraint(
+        "phase IN ('shadow', 'canary', 'done', 'rolled_back')", name="ck_rollouts_phase"
+    ),
+    UniqueConstraint("active_model", name="uq_rollouts_active_model"),
+    Index("ix_rollouts_model", "model"),
 )

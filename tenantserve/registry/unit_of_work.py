@@ -1,5 +1,5 @@
-"""`RegistryUnitOfWork`: one transaction around model-registry changes (model versions and
-tenant adapters).
+"""`RegistryUnitOfWork`: one transaction around model-registry changes (model versions,
+tenant adapters and rollouts).
 
     async with uow:
         await uow.models.add(version)
@@ -14,7 +14,11 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tenantserve.registry.repository import AdapterRepository, ModelRepository
+from tenantserve.registry.repository import (
+    AdapterRepository,
+    ModelRepository,
+    RolloutRepository,
+)
 
 
 class RegistryUnitOfWork:
@@ -22,6 +26,7 @@ class RegistryUnitOfWork:
 
     models: ModelRepository
     adapters: AdapterRepository
+    rollouts: RolloutRepository
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
@@ -33,6 +38,7 @@ class RegistryUnitOfWork:
         self._session = self._sessionmaker()
         self.models = ModelRepository(self._session)
         self.adapters = AdapterRepository(self._session)
+        self.rollouts = RolloutRepository(self._session)
         return self
 
     async def __aexit__(

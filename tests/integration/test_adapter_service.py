@@ -12,6 +12,7 @@ import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -506,3 +507,36 @@ async def test_the_engine_smoke_test_passes_a_real_adapter_and_fails_a_zero_b_on
     ]
     report = await tester.run(adapter_dir, tiny_model_dir, "other@1.0.0")
     assert not report.ok and "no engine here serves other@1.0.0" in (report.report or "")
+
+
+class _HangingSmoke(FakeSmoke):
+    """Never answers: the upload is cut off while `validating`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+
+    async def run(self, adapter_dir: Path, base_model_dir: Path, base_model: str) -> SmokeReport:
+        self.started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_an_upload_cut_off_while_validating_is_failed_at_the_next_start(
+    make_service: Callable[..., AdapterService], adapter_dir: Path
+) -> None:
+    hanging = _HangingSmoke()
+    upload = asyncio.create_task(_upload(make_service(hanging), _files(adapter_dir)))
+    await asyncio.wait_for(hanging.started.wait(), 30)
+    upload.cancel()  # the server went away mid-upload
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    service = make_service()
+    [stuck] = await service.list(TENANT_A)
+    assert stuck.status is AdapterStatus.VALIDATING
+    assert await service.fail_interrupted() == 0  # a recent upload may still be running
+    later = make_service(clock=lambda: stuck.created_at + timedelta(minutes=20))
+    assert await later.fail_interrupted() == 1
+    failed = await service.get(TENANT_A, "bot")
+    assert failed.status is AdapterStatus.FAILED and "interrupted" in (failed.report or "")
+    assert await service.resolve(TENANT_A, "bot") is None

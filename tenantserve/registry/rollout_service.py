@@ -1,0 +1,423 @@
+"""Rollout use cases: start a rollout of a registered version, read its status, promote or
+roll it back by hand, count what each version does (`observe`), and let `tick` advance,
+finish or roll back running rollouts by the plan's rules (`rollout.evaluate`).
+
+The rollouts and their history live in the database (one running rollout per model);
+the per-step stats live in this process's memory. `route` / `shadow_target` answer the
+gateway from memory, without a database read. `tick` (or `run_forever`) re-reads the
+running rollouts first, so changes made elsewhere (the CLI on the database) take effect.
+
+When a rollout finishes, one transaction marks it done, makes a canary candidate active,
+and deprecates the old stable version (end date 90 days out, the candidate named as its
+replacement), so plain `name` requests then resolve to the candidate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from tenantserve.errors import InvalidRequestError, NotFoundError
+from tenantserve.registry.model import (
+    ModelRef,
+    ModelStatus,
+    ModelVersion,
+    earliest_end_date,
+    validate_name,
+    version_key,
+)
+from tenantserve.registry.repository import DuplicateRolloutError, StaleRolloutError
+from tenantserve.registry.rollout import (
+    DEFAULT_CANARY_STEPS,
+    DEFAULT_ERROR_RATE_MARGIN,
+    DEFAULT_MIN_REQUESTS,
+    DEFAULT_P95_LATENCY_MARGIN,
+    DEFAULT_SHADOW_PERCENT,
+    DEFAULT_STEP_SECONDS,
+    Action,
+    Decision,
+    GateResult,
+    Rollout,
+    RolloutPhase,
+    RolloutPlan,
+    VersionStats,
+    apply,
+    evaluate,
+    route,
+    shadow,
+)
+from tenantserve.registry.unit_of_work import RegistryUnitOfWork
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TICK_INTERVAL_S = 5.0
+# Runs the golden-set eval against a candidate `name@version`.
+GoldenSetEval = Callable[[str], Awaitable[GateResult]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RolloutConflictError(InvalidRequestError):
+    """The model already has a running rollout, or it changed while this call ran."""
+
+
+class StepStats(NamedTuple):
+    """This step's counts for the stable version and the candidate."""
+
+    stable: VersionStats
+    candidate: VersionStats
+
+
+@dataclass
+class _Live:
+    """A running rollout as this process serves it, with its stats."""
+
+    rollout: Rollout
+    stable: VersionStats = field(default_factory=VersionStats)
+    candidate: VersionStats = field(default_factory=VersionStats)
+    # The stable version over the whole rollout: the baseline when this step has too few
+    # stable requests (at 100% it has none).
+    baseline: VersionStats = field(default_factory=VersionStats)
+
+    @property
+    def step_key(self) -> tuple[str, RolloutPhase, int | None]:
+        return (self.rollout.id, self.rollout.phase, self.rollout.step_index)
+
+
+class RolloutService:
+    """Rollouts over a unit of work; an optional golden-set eval and change callback."""
+
+    def __init__(
+        self,
+        uow_factory: Callable[[], RegistryUnitOfWork],
+        clock: Callable[[], datetime] = utc_now,
+        golden_set: GoldenSetEval | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._uow = uow_factory
+        self._clock = clock
+        self._golden_set = golden_set
+        self._on_change = on_change
+        self._live: dict[str, _Live] = {}
+        # observe() may be called from other threads than the event loop's.
+        self._lock = threading.Lock()
+
+    async def start(
+        self,
+        name: str,
+        candidate: str,
+        *,
+        shadow_percent: float = DEFAULT_SHADOW_PERCENT,
+        canary_steps: Sequence[float] = DEFAULT_CANARY_STEPS,
+        step_seconds: float = DEFAULT_STEP_SECONDS,
+        min_requests: int = DEFAULT_MIN_REQUESTS,
+        error_rate_margin: float = DEFAULT_ERROR_RATE_MARGIN,
+        p95_latency_margin: float = DEFAULT_P95_LATENCY_MARGIN,
+        max_divergence_rate: float | None = None,
+        require_golden_set: bool = False,
+        reason: str | None = None,
+    ) -> Rollout:
+        """Start rolling `candidate` (`version` or `name@version`, registered, public, not
+        deprecated or archived, newer than the stable one) out over the model's newest
+        active public version; RolloutConflictError when the model already has one."""
+        validate_name(name)
+        ref = _candidate_ref(name, candidate)
+        if require_golden_set and self._golden_set is None:
+            raise InvalidRequestError("no golden-set eval is configured on this server")
+        now = self._clock()
+        async with self._uow() as uow:
+            running = await uow.rollouts.active(name)
+            if running:
+                raise _already_running(running[0])
+            versions = await uow.models.list(name)
+            target = _pick_candidate(versions, ref)
+            stable = _pick_stable(versions, target)
+            plan = RolloutPlan(
+                model=name,
+                stable_ref=stable.ref,
+                candidate_ref=target.ref,
+                shadow_percent=shadow_percent,
+                canary_steps=tuple(canary_steps),
+                step_seconds=step_seconds,
+                min_requests=min_requests,
+                error_rate_margin=error_rate_margin,
+                p95_latency_margin=p95_latency_margin,
+                max_divergence_rate=max_divergence_rate,
+                require_golden_set=require_golden_set,
+            )
+            started = f"started: {target.ref} over {stable.ref}"
+            rollout = Rollout.start(plan, now, f"{started} ({reason})" if reason else started)
+            try:
+                await uow.rollouts.add(rollout, now)
+                await uow.commit()
+            except DuplicateRolloutError:
+                raise RolloutConflictError(
+                    f"model {name} already has a running rollout; `tenantserve rollout "
+                    f"status {name}` shows it"
+                ) from None
+        self._install(rollout)
+        self._changed()
+        return rollout
+
+    async def status(self, name: str) -> Rollout:
+        """The model's running rollout, else its most recent one; NotFoundError if none."""
+        validate_name(name)
+        async with self._uow() as uow:
+            found = await uow.rollouts.latest(name)
+        if found is None:
+            raise NotFoundError(f"model {name} has no rollout")
+        return found
+
+    async def list_active(self) -> Sequence[Rollout]:
+        """Every running rollout, by model."""
+        async with self._uow() as uow:
+            return await uow.rollouts.active()
+
+    def stats(self, name: str) -> StepStats | None:
+        """Copies of this step's stats of the model's running rollout in this process."""
+        with self._lock:
+            live = self._live.get(name)
+            if live is None:
+                return None
+            return StepStats(copy.deepcopy(live.stable), copy.deepcopy(live.candidate))
+
+    async def promote(self, name: str, reason: str | None = None) -> Rollout:
+        """Move the model's running rollout to its next step now (from 100%: finish)."""
+        why = f"promoted by hand: {reason}" if reason else "promoted by hand"
+        return await self._change(name, Decision(Action.ADVANCE, why), self._clock())
+
+    async def rollback(self, name: str, reason: str | None = None) -> Rollout:
+        """Send all the model's traffic back to the stable version now."""
+        why = f"rolled back by hand: {reason}" if reason else "rolled back by hand"
+        return await self._change(name, Decision(Action.ROLLBACK, why), self._clock())
+
+    def observe(self, ref: str, latency_s: float, error: bool, diverged: bool = False) -> None:
+        """Count one request served (or, in shadow, mirrored) by version `ref`; versions
+        without a running rollout are ignored. Never blocks on I/O."""
+        name = ref.partition("@")[0]
+        with self._lock:
+            live = self._live.get(name)
+            if live is None:
+                return
+            plan = live.rollout.plan
+            if ref == plan.stable_ref:
+                live.stable.record(latency_s, error)
+                live.baseline.record(latency_s, error)
+            elif ref == plan.candidate_ref:
+                live.candidate.record(latency_s, error, diverged)
+
+    def route(self, name: str, request_id: str) -> str | None:
+        """The `name@version` serving `request_id` for a plain `name` request while a
+        rollout of `name` runs (sticky per request id); None when none runs."""
+        live = self._live.get(name)
+        return None if live is None else route(live.rollout, request_id)
+
+    def shadow_target(self, name: str, request_id: str) -> str | None:
+        """The candidate to mirror `request_id` to (its answer discarded), or None."""
+        live = self._live.get(name)
+        if live is None or not shadow(live.rollout, request_id):
+            return None
+        return live.rollout.plan.candidate_ref
+
+    async def refresh(self) -> None:
+        """Re-read the running rollouts (changes made by other processes take effect)."""
+        running = await self.list_active()
+        with self._lock:
+            for name in set(self._live) - {r.model for r in running}:
+                del self._live[name]
+        for rollout in running:
+            self._install(rollout)
+
+    async def tick(self, now: datetime | None = None) -> list[Rollout]:
+        """Evaluate every running rollout and apply what the rules decide (advance,
+        finish, roll back; each recorded with its reason); the rollouts that changed."""
+        now = now or self._clock()
+        await self.refresh()
+        changed: list[Rollout] = []
+        for live in list(self._live.values()):
+            with self._lock:
+                evaluated = copy.deepcopy(live.rollout)
+                stable, candidate = self._judged_stats(live)
+            decision = evaluate(evaluated, stable, candidate, now)
+            if decision.action is Action.GATE:
+                gate = await self._run_golden_set(evaluated.plan.candidate_ref)
+                decision = evaluate(evaluated, stable, candidate, now, gate)
+            if decision.action in (Action.HOLD, Action.GATE):
+                continue
+            try:
+                changed.append(await self._change(evaluated.model, decision, now, evaluated))
+            except (RolloutConflictError, NotFoundError):
+                logger.info("rollout of %s changed meanwhile; re-read next tick", evaluated.model)
+        return changed
+
+    async def run_forever(self, interval_s: float = DEFAULT_TICK_INTERVAL_S) -> None:
+        """`tick` every `interval_s` until cancelled; a failing tick is logged, not fatal."""
+        while True:
+            try:
+                for rollout in await self.tick():
+                    last = rollout.history[-1]
+                    logger.info("rollout of %s: %s (%s)", rollout.model, last.phase, last.reason)
+            except Exception:
+                logger.exception("rollout tick failed")
+            await asyncio.sleep(interval_s)
+
+    async def _change(
+        self,
+        name: str,
+        decision: Decision,
+        now: datetime,
+        expected: Rollout | None = None,
+    ) -> Rollout:
+        """Apply `decision` to the model's running rollout in one transaction (with
+        the version changes a finish makes); refused when it is not `expected` any more."""
+        validate_name(name)
+        async with self._uow() as uow:
+            running = await uow.rollouts.active(name)
+            if not running:
+                raise NotFoundError(f"model {name} has no running rollout")
+            rollout = running[0]
+            if expected is not None and (rollout.id, rollout.revision) != (
+                expected.id,
+                expected.revision,
+            ):
+                raise RolloutConflictError(f"the rollout of {name} changed meanwhile")
+            if decision.action is Action.FINISH or (
+                decision.action is Action.ADVANCE and rollout.at_last_step
+            ):
+                decision = await _finish_versions(uow, rollout, decision, now)
+            apply(rollout, decision, now)
+            try:
+                await uow.rollouts.update(rollout, now)
+            except StaleRolloutError:
+                raise RolloutConflictError(
+                    f"the rollout of {name} changed meanwhile; try again"
+                ) from None
+            await uow.commit()
+        self._install(rollout)
+        self._changed()
+        return rollout
+
+    async def _run_golden_set(self, candidate_ref: str) -> GateResult:
+        if self._golden_set is None:
+            return GateResult(False, "no golden-set eval is configured on this server")
+        try:
+            return await self._golden_set(candidate_ref)
+        except Exception as e:
+            logger.exception("golden-set eval of %s failed", candidate_ref)
+            return GateResult(False, f"the eval raised {type(e).__name__}: {e}")
+
+    def _judged_stats(self, live: _Live) -> StepStats:
+        enough = live.stable.requests >= live.rollout.plan.min_requests
+        stable = live.stable if enough else live.baseline
+        return StepStats(copy.deepcopy(stable), copy.deepcopy(live.candidate))
+
+    def _install(self, rollout: Rollout) -> None:
+        """Serve `rollout` from memory; a new step starts with empty stats."""
+        with self._lock:
+            live = self._live.get(rollout.model)
+            if not rollout.is_active:
+                if live is not None and live.rollout.id == rollout.id:
+                    del self._live[rollout.model]
+                return
+            if live is None or live.rollout.id != rollout.id:
+                self._live[rollout.model] = _Live(rollout)
+                return
+            if (rollout.phase, rollout.step_index) != (
+                live.rollout.phase,
+                live.rollout.step_index,
+            ):
+                live.stable, live.candidate = VersionStats(), VersionStats()
+            live.rollout = rollout
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
+
+
+async def _finish_versions(
+    uow: RegistryUnitOfWork, rollout: Rollout, decision: Decision, now: datetime
+) -> Decision:
+    """Make the candidate the served version and deprecate the old stable one, naming the
+    candidate; a candidate deprecated or archived meanwhile rolls the rollout back."""
+    plan = rollout.plan
+    candidate = await _get(uow, plan.candidate_ref)
+    if candidate is None or candidate.status not in (ModelStatus.ACTIVE, ModelStatus.CANARY):
+        state = "gone" if candidate is None else candidate.status.value
+        return Decision(Action.ROLLBACK, f"cannot finish: {plan.candidate_ref} is {state}")
+    notes: list[str] = []
+    if candidate.status is ModelStatus.CANARY:
+        # ModelVersion has no canary → active transition of its own yet; this is it.
+        candidate.status = ModelStatus.ACTIVE
+        await uow.models.update(candidate, now)
+        notes.append(f"{candidate.ref} is now active")
+    stable = await _get(uow, plan.stable_ref)
+    if stable is not None and stable.status is ModelStatus.ACTIVE:
+        end_date = earliest_end_date(now)
+        stable.deprecate(end_date, now, candidate)
+        await uow.models.update(stable, now)
+        notes.append(f"{stable.ref} deprecated until {end_date.isoformat()}")
+    else:
+        state = "gone" if stable is None else stable.status.value
+        notes.append(f"{plan.stable_ref} left as it was ({state})")
+    return Decision(Action.FINISH, f"{decision.reason}; {'; '.join(notes)}")
+
+
+async def _get(uow: RegistryUnitOfWork, ref: str) -> ModelVersion | None:
+    parsed = ModelRef.parse(ref)
+    assert parsed.version is not None
+    return await uow.models.get(parsed.name, parsed.version)
+
+
+def _candidate_ref(name: str, candidate: str) -> ModelRef:
+    text = candidate if "@" in candidate else f"{name}@{candidate}"
+    ref = ModelRef.parse(text)
+    if ref.name != name or ref.version is None:
+        raise InvalidRequestError(f"the candidate must be a version of {name}, not {candidate!r}")
+    return ref
+
+
+def _pick_candidate(versions: Sequence[ModelVersion], ref: ModelRef) -> ModelVersion:
+    found = next((v for v in versions if v.version == ref.version), None)
+    if found is None:
+        raise NotFoundError(f"model {ref} does not exist; register it first")
+    if found.status not in (ModelStatus.ACTIVE, ModelStatus.CANARY):
+        raise InvalidRequestError(f"{found.ref} is {found.status.value}; it cannot be rolled out")
+    if not found.is_public:
+        raise InvalidRequestError(
+            f"{found.ref} is private to one tenant; only public versions are rolled out "
+            "(a rollout routes every tenant's requests)"
+        )
+    return found
+
+
+def _pick_stable(versions: Sequence[ModelVersion], candidate: ModelVersion) -> ModelVersion:
+    stable = [
+        v
+        for v in versions
+        if v.status is ModelStatus.ACTIVE and v.is_public and v.ref != candidate.ref
+    ]
+    if not stable:
+        raise InvalidRequestError(
+            f"{candidate.name} has no other active public version to roll out over"
+        )
+    newest = max(stable, key=lambda v: version_key(v.version))
+    if version_key(candidate.version) <= version_key(newest.version):
+        raise InvalidRequestError(
+            f"{candidate.ref} is not newer than the stable version {newest.ref}"
+        )
+    return newest
+
+
+def _already_running(rollout: Rollout) -> RolloutConflictError:
+    return RolloutConflictError(
+        f"model {rollout.model} already has a running rollout of "
+        f"{rollout.plan.candidate_ref} ({rollout.step_label}); promote or roll it back first"
+    )
