@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ from tenantserve.tenancy.service import TenancyService
 from tenantserve.tenancy.unit_of_work import UnitOfWork
 
 ADMIN_TOKEN_FILE = "admin_token"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,17 @@ def build_pools(settings: Settings, events: EventLog) -> tuple[Pool, ...]:
     return tuple(pools)
 
 
+async def bind_upstream_versions(pools: Sequence[Pool], resolver: ModelResolver) -> None:
+    """Upstream pools' `name@version` models are registry versions served there (a
+    rollout's canary on another server, say). Bound whether registered yet or not: a
+    version is only ever routed to once the registry resolves it."""
+    for pool in pools:
+        if isinstance(pool, UpstreamPool):
+            for model in pool.models:
+                if "@" in model.name:
+                    resolver.bind(model.name, pool)
+
+
 def build_service(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> Service:
     """Wire the service; the database is migrated and the pools' backends started by the
     app's lifespan (which then calls `on_ready`), not here."""
@@ -244,7 +258,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         max_adapter_bytes=settings.max_adapter_bytes,
         max_lora_rank=settings.lora.max_lora_rank,
         on_event=events.append,
-        on_change=resolver.invalidate,
+        on_change=resolver.forget,
     )
     resolver.adapters = adapters
     rollouts = RolloutService(
@@ -278,6 +292,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
             )
             served[version.ref] = engine_pool
             resolver.bind(version.ref, engine_pool)
+        await bind_upstream_versions(pools, resolver)
         ticking = asyncio.create_task(rollouts.run_forever())
         try:
             yield

@@ -112,6 +112,7 @@ def create_app(
         quota_ledger=gateway.quota_ledger,
         events=gateway.events,
         resolver=gateway.resolver,
+        rollouts=gateway.rollouts,
     )
     api = OpenAIRoutes(auth, catalog, dispatcher)
 

@@ -38,6 +38,7 @@ from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
 from tenantserve.admission.quotas import QuotaExceeded, SoftAlertFilter, check_quotas
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
+from tenantserve.errors import EngineError
 from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.errors import (
     ApiError,
@@ -51,12 +52,21 @@ from tenantserve.gateway.request_log import RequestRecord, log_request
 from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.streaming import Generation
+from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.scheduling.fair_queue import Grant, Ticket
 from tenantserve.tenancy.model import TenantContext
 
 logger = logging.getLogger(__name__)
 
 Body = ChatCompletionRequest | CompletionRequest
+
+
+def is_failure(e: BaseException) -> bool:
+    """Whether a request that raised `e` failed on our side (a 5xx: engine, upstream), as
+    opposed to the client's mistake or departure."""
+    if isinstance(e, ApiError):
+        return e.status >= 500
+    return isinstance(e, EngineError)
 
 
 def rate_limits_for(ctx: TenantContext) -> RateLimits:
@@ -83,12 +93,15 @@ class Admission:
     num_prompt_tokens: int
     # Seconds spent deciding, reserving and queueing (the `admission` server timing).
     admission_s: float
+    started_at: float  # perf_counter() when admission began
     _dispatcher: Dispatcher
     _reservation: Reservation
     # The caller's adapter, when `model` named one (engine pools only).
     lora: LoraRef | None = None
     # Extra response headers (a deprecated version's Deprecation / Sunset / Warning).
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The registry version serving it (what a running rollout observes), when known.
+    served_ref: str | None = None
     _closed: bool = field(default=False, init=False)
 
     @property
@@ -96,11 +109,21 @@ class Admission:
         return self.decision.max_tokens
 
     async def close(
-        self, prompt_tokens: int, completion_tokens: int, ttft_s: float | None = None
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        ttft_s: float | None = None,
+        error: bool = False,
     ) -> None:
+        """Give back the slot and the reservation with what was used; `error`: the request
+        failed on our side (engine, upstream), which a running rollout counts."""
         if self._closed:
             return
         self._closed = True
+        rollouts = self._dispatcher.rollouts
+        if rollouts is not None and self.served_ref is not None:
+            latency_s = time.perf_counter() - self.started_at
+            rollouts.observe(self.served_ref, latency_s, error)
         self.pool.queue.release(self.grant, prompt_tokens, completion_tokens)
         total = prompt_tokens + completion_tokens
         if self.pool.noisy_neighbors is not None:
@@ -132,8 +155,10 @@ class Dispatcher:
         quota_ledger: QuotaLedger | None = None,
         events: EventLog | None = None,
         resolver: ModelResolver | None = None,
+        rollouts: RolloutService | None = None,
     ) -> None:
         self.resolver = resolver
+        self.rollouts = rollouts
         self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
         self.catalog = catalog
         self.limiter = limiter
@@ -198,11 +223,18 @@ class Dispatcher:
             grant=grant,
             num_prompt_tokens=num_prompt_tokens,
             admission_s=time.perf_counter() - started,
+            started_at=started,
             _dispatcher=self,
             _reservation=reservation,
             lora=resolved.lora if resolved is not None else None,
             headers=resolved.headers if resolved is not None else {},
+            served_ref=self._served_ref(pool, resolved),
         )
+
+    def _served_ref(self, pool: Pool, resolved: Resolved | None) -> str | None:
+        if resolved is not None and "@" in resolved.route.target:
+            return resolved.route.target
+        return self.resolver.ref_of(pool.name) if self.resolver is not None else None
 
     async def adapter_cards(self, ctx: TenantContext) -> list[tuple[str, int]]:
         """(name, created) of the caller's ready adapters, which `model` may name."""
@@ -211,12 +243,29 @@ class Dispatcher:
         adapters = await self.resolver.adapters.list(ctx)
         return [(a.name, int(a.created_at.timestamp())) for a in adapters if a.is_ready]
 
-    async def resolve(self, ctx: TenantContext, model: str) -> Resolved | None:
-        """A pinned registry version or the caller's adapter named by `model`; None for a
-        name of the static catalog (or an unknown one: admission answers 404)."""
-        if self.resolver is None or model in self.catalog.routes(ctx):
+    async def resolve(self, ctx: TenantContext, model: str, request_id: str) -> Resolved | None:
+        """What `model` names beyond the static catalog: a pinned registry version or the
+        caller's adapter; or, for a catalog name while a rollout of its version runs, the
+        canary version for the request ids the rollout sends there (sticky). None: the
+        static route (or an unknown name: admission answers 404)."""
+        if self.resolver is None:
             return None
-        return await self.resolver.resolve(ctx, model)
+        static = self.catalog.routes(ctx).get(model)
+        if static is None:
+            return await self.resolver.resolve(ctx, model)
+        stable = self.resolver.ref_of(static.pool)
+        if self.rollouts is None or stable is None:
+            return None
+        ref = self.rollouts.route(stable.partition("@")[0], request_id)
+        if ref is None or ref == stable:
+            return None
+        try:
+            canary = await self.resolver.resolve(ctx, ref)
+        except ApiError:  # the candidate is not served here (any more): stay on stable
+            return None
+        if canary is None:
+            return None
+        return replace(canary, route=replace(canary.route, model_id=model), headers={})
 
     async def dispatch(
         self,
@@ -263,7 +312,9 @@ class Dispatcher:
             usage = generation.usage()
             metrics = generation.metrics
             ttft_s = metrics.ttft_s if metrics else None
-            await admission.close(usage.prompt_tokens, usage.completion_tokens, ttft_s)
+            await admission.close(
+                usage.prompt_tokens, usage.completion_tokens, ttft_s, error=generation.failed
+            )
             log_request(
                 RequestRecord(
                     request_id=admission.request_id,
@@ -286,8 +337,8 @@ class Dispatcher:
 
         try:
             return await Generation.start(pool.engine, request, on_close=release)
-        except BaseException:
-            await admission.close(0, 0)  # a no-op when `release` ran
+        except BaseException as e:
+            await admission.close(0, 0, error=is_failure(e))  # a no-op when `release` ran
             raise
 
     async def _check_quotas(

@@ -99,6 +99,8 @@ def build_catalog(pools: Iterable[Pool]) -> ModelCatalog:
                 )
             )
         else:
+            # `name@version` models are registry versions: resolved through the registry
+            # (pinned requests, rollouts), not static names.
             entries.extend(
                 CatalogEntry(
                     m.name,
@@ -110,6 +112,7 @@ def build_catalog(pools: Iterable[Pool]) -> ModelCatalog:
                     pool.reserved_for,
                 )
                 for m in pool.models
+                if "@" not in m.name
             )
     # A model the gateway can tokenize keeps its tokenizer on every pool serving it.
     tokenizers = {e.name: e.tokenizer for e in entries if e.tokenizer is not None}

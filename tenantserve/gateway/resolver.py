@@ -4,18 +4,26 @@ caller's own LoRA adapters, each routed to the engine pool serving the base vers
     catalog name / alias      -> the static catalog (no lookup)
     name@version              -> registry.resolve(): archived -> 404 naming the
                                  replacement; deprecated -> served, with Deprecation /
-                                 Sunset / Warning headers
+                                 Sunset / Warning headers; on the pool bound to it (the
+                                 built-in engine's model, or an upstream pool's
+                                 `name@version` model)
+    a bound version's name    -> during a rollout (`rollout_route`): stable or canary,
+                                 sticky per request id
     an adapter of the caller  -> its base version's engine pool, with a LoraRef (the
                                  adapter's files pulled to this node on first use)
     anything else             -> None (admission answers 404, as for any unknown name)
 
-Lookups are cached per (tenant, name) for `ttl_s` (misses too), so the request path reads
-the registry at most once per TTL per name; changes made in this process (uploads,
-deletions, lifecycle changes) clear the cache at once.
+Lookups are cached per (tenant, name) (misses too); an entry older than `ttl_s` is
+answered while one background lookup refreshes it, so the request path waits on the
+registry only for a name's first lookup. Changes made in this process clear what they
+touch at once (an adapter upload or deletion its (tenant, name); lifecycle changes and
+rollouts everything); other processes see them within the TTL plus one lookup.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,11 +33,13 @@ from tenantserve.engine.request import LoraRef
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import InvalidRequestError
 from tenantserve.gateway.errors import ApiError
-from tenantserve.gateway.pools import EnginePool
+from tenantserve.gateway.pools import EnginePool, Pool
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.model import ModelArchivedError
 from tenantserve.registry.service import RegistryService
 from tenantserve.tenancy.model import TenantContext
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TTL_S = 2.0
 MAX_ENTRIES = 100_000
@@ -56,34 +66,67 @@ class ModelResolver:
         self.registry = registry
         self.adapters = adapters
         self.ttl_s = ttl_s
-        # Registry version ref -> the engine pool serving it (`bind`).
-        self._pools_by_ref: dict[str, EnginePool] = {}
+        # Registry version ref -> the pool serving it (`bind`), and back.
+        self._pools_by_ref: dict[str, Pool] = {}
+        self._refs_by_pool: dict[str, str] = {}
         self._cache: dict[tuple[str, str], tuple[float, Resolved | ApiError | None]] = {}
+        self._refreshing: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def bind(self, ref: str, pool: EnginePool) -> None:
+    def bind(self, ref: str, pool: Pool) -> None:
         """`pool` serves the registry version `ref` (known once it is registered)."""
         self._pools_by_ref[ref] = pool
+        self._refs_by_pool.setdefault(pool.name, ref)
         self.invalidate()
+
+    def ref_of(self, pool_name: str) -> str | None:
+        """The registry version the pool serves, when bound."""
+        return self._refs_by_pool.get(pool_name)
 
     def invalidate(self) -> None:
         self._cache.clear()
 
+    def forget(self, tenant_id: str, name: str) -> None:
+        """Drop one (tenant, name) resolution: its adapter was uploaded or deleted."""
+        self._cache.pop((tenant_id, name), None)
+
     async def resolve(self, ctx: TenantContext, name: str) -> Resolved | None:
         """`name` for `ctx`, or None when it is neither a version nor the caller's adapter;
-        raises ApiError for an archived version."""
+        raises ApiError for an archived version. An entry older than the TTL is still
+        answered while one background lookup refreshes it (so the request path waits on
+        the registry only for a name's first lookup)."""
         key = (ctx.tenant_id, name)
         now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            found = hit[1]
-        else:
+        if hit is None:
             found = await self._lookup(ctx, name)
-            if len(self._cache) >= MAX_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = (now, found)
+            self._store(key, now, found)
+        else:
+            found = hit[1]
+            if now - hit[0] >= self.ttl_s and key not in self._refreshing:
+                self._refreshing.add(key)
+                task = asyncio.create_task(self._refresh(ctx, name, key))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         if isinstance(found, ApiError):
             raise found
         return found
+
+    async def _refresh(self, ctx: TenantContext, name: str, key: tuple[str, str]) -> None:
+        try:
+            self._store(key, time.monotonic(), await self._lookup(ctx, name))
+        except Exception:  # the stale entry stays; the next request tries again
+            logger.exception("refreshing the resolution of %r failed", name)
+        finally:
+            self._refreshing.discard(key)
+
+    def _store(self, key: tuple[str, str], now: float, found: Resolved | ApiError | None) -> None:
+        if len(self._cache) >= MAX_ENTRIES:
+            # Drop the oldest tenth rather than everything.
+            oldest = sorted(self._cache.items(), key=lambda kv: kv[1][0])[: MAX_ENTRIES // 10]
+            for k, _ in oldest:
+                del self._cache[k]
+        self._cache[key] = (now, found)
 
     async def _lookup(self, ctx: TenantContext, name: str) -> Resolved | ApiError | None:
         if "@" in name:
@@ -94,7 +137,7 @@ class ModelResolver:
         if adapter is None:
             return None
         pool = self._pools_by_ref.get(adapter.base_model)
-        if pool is None:
+        if not isinstance(pool, EnginePool):  # adapters run on the built-in engine
             return ApiError(
                 503,
                 f"`{name}` adapts {adapter.base_model}, which no engine here serves now.",
@@ -124,14 +167,18 @@ class ModelResolver:
                 code="model_not_served",
             )
         route = _route(pool, ref, version.ref)
-        return Resolved(route, pool.model.tokenizer, headers=resolution.headers())
+        return Resolved(route, _tokenizer(pool), headers=resolution.headers())
 
 
-def _route(pool: EnginePool, model_id: str, target: str) -> ModelRoute:
+def _tokenizer(pool: Pool) -> Tokenizer | None:
+    return pool.model.tokenizer if isinstance(pool, EnginePool) else None
+
+
+def _route(pool: Pool, model_id: str, target: str) -> ModelRoute:
+    if isinstance(pool, EnginePool):
+        max_len = pool.model.max_context_tokens
+    else:
+        max_len = next((m.max_context_tokens for m in pool.models if m.name == target), 0)
     return ModelRoute(
-        model_id=model_id,
-        target=target,
-        pool=pool.name,
-        region=pool.region,
-        max_model_len=pool.model.max_context_tokens,
+        model_id=model_id, target=target, pool=pool.name, region=pool.region, max_model_len=max_len
     )

@@ -31,7 +31,7 @@ from starlette.background import BackgroundTask
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.catalog import ModelCatalog
-from tenantserve.gateway.dispatch import Admission, Body, Dispatcher
+from tenantserve.gateway.dispatch import Admission, Body, Dispatcher, is_failure
 from tenantserve.gateway.errors import ApiError, parse_json
 from tenantserve.gateway.middleware import request_id
 from tenantserve.gateway.pools import UpstreamPool
@@ -101,7 +101,7 @@ class OpenAIRoutes:
         raw = await request.body()
         body = parse_json(raw, ChatCompletionRequest)
         rid = request_id(request)
-        resolved = await self.dispatcher.resolve(ctx, body.model)
+        resolved = await self.dispatcher.resolve(ctx, body.model, rid)
         tokenizer = self._tokenizer(body.model, resolved)
         prompt: list[int] | None = None
         if tokenizer is not None:
@@ -140,7 +140,7 @@ class OpenAIRoutes:
         raw = await request.body()
         body = parse_json(raw, CompletionRequest)
         rid = request_id(request)
-        resolved = await self.dispatcher.resolve(ctx, body.model)
+        resolved = await self.dispatcher.resolve(ctx, body.model, rid)
         tokenizer = self._tokenizer(body.model, resolved)
         prompt: list[int] | None = None
         if not isinstance(body.prompt, str) and not isinstance(body.prompt[0], str):
@@ -210,8 +210,8 @@ class OpenAIRoutes:
             reply = await await_while_connected(
                 request, pool.upstream.complete(path, payload, admission.request_id, rewrite)
             )
-        except BaseException:
-            await admission.close(0, 0)
+        except BaseException as e:
+            await admission.close(0, 0, error=is_failure(e))
             raise
         upstream_s = time.perf_counter() - started
         usage = reply.usage
@@ -237,8 +237,8 @@ class OpenAIRoutes:
             events = await pool.upstream.stream(
                 path, payload, admission.request_id, rewrite, body.include_usage, usage
             )
-        except BaseException:
-            await admission.close(0, 0)
+        except BaseException as e:
+            await admission.close(0, 0, error=is_failure(e))
             raise
 
         async def relay() -> AsyncGenerator[bytes, None]:

@@ -41,6 +41,8 @@ class Generation:
         self._on_close = on_close
         self.num_completion_tokens = 0
         self.metrics: RequestMetrics | None = None
+        # True when the engine failed mid-stream (not when the client left).
+        self.failed = False
 
     @classmethod
     async def start(
@@ -65,6 +67,9 @@ class Generation:
                     return
             async for out in self._stream:
                 yield self._account(out)
+        except EngineError:
+            self.failed = True
+            raise
         finally:
             await self.aclose()
 

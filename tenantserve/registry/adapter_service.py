@@ -124,7 +124,7 @@ class AdapterService:
         max_lora_rank: int,
         on_event: OnEvent = _no_event,
         clock: Callable[[], datetime] = utc_now,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self._uow = uow_factory
         self._registry = registry
@@ -136,7 +136,8 @@ class AdapterService:
         self.max_lora_rank = max_lora_rank
         self._on_event = on_event
         self._clock = clock
-        # Called when an adapter becomes routable or stops being (caches of resolutions).
+        # on_change(tenant_id, name): an adapter became routable or stopped being (caches
+        # of resolutions forget that name).
         self.on_change = on_change
 
     @property
@@ -163,10 +164,11 @@ class AdapterService:
             await asyncio.to_thread(self._receive, parts, tmp, files_dir)
             checked = await self._check(ctx, files_dir, base_model)
             adapter = await self._record(ctx.tenant_id, name, checked)
-            return await self._store_and_test(adapter, checked, files_dir)
+            stored = await self._store_and_test(adapter, checked, files_dir)
+            self._changed(ctx.tenant_id, name)
+            return stored
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
-            self._changed()
 
     async def list(self, ctx: TenantContext) -> Sequence[Adapter]:
         """The caller's adapters (every status), by name."""
@@ -189,7 +191,7 @@ class AdapterService:
             if found is None or not await uow.adapters.delete(found):
                 raise NotFoundError(f"adapter {name!r} does not exist")
             await uow.commit()
-        self._changed()
+        self._changed(ctx.tenant_id, name)
         await self.store.delete(self.store.key_of(found.artifact_uri))
         await asyncio.to_thread(shutil.rmtree, self._local_path(found), True)
         return found
@@ -204,9 +206,9 @@ class AdapterService:
             await uow.commit()
         return count
 
-    def _changed(self) -> None:
+    def _changed(self, tenant_id: str, name: str) -> None:
         if self.on_change is not None:
-            self.on_change()
+            self.on_change(tenant_id, name)
 
     async def resolve(self, ctx: TenantContext, name: str) -> Adapter | None:
         """The caller's ready adapter called `name`, else None (for the gateway's routing)."""
