@@ -19,6 +19,7 @@ noisy-neighbour monitor records the tenant's tokens and TTFT (it may demote the 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,7 @@ from tenantserve.gateway.pools import EnginePool, Pool
 from tenantserve.gateway.request_log import RequestRecord, log_request
 from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
+from tenantserve.gateway.shadow import ShadowMirror
 from tenantserve.gateway.streaming import Generation
 from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.scheduling.fair_queue import Grant, Ticket
@@ -67,6 +69,18 @@ def is_failure(e: BaseException) -> bool:
     if isinstance(e, ApiError):
         return e.status >= 500
     return isinstance(e, EngineError)
+
+
+def sampling_for(admission: Admission, body: Body) -> SamplingParams:
+    """The engine's sampling parameters of an admitted request (its admitted max_tokens)."""
+    return SamplingParams(
+        max_tokens=admission.max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        seed=body.seed,
+        stop=body.stop_sequences(),
+    )
 
 
 def rate_limits_for(ctx: TenantContext) -> RateLimits:
@@ -159,6 +173,11 @@ class Dispatcher:
     ) -> None:
         self.resolver = resolver
         self.rollouts = rollouts
+        self.shadow = (
+            ShadowMirror(rollouts, resolver)
+            if rollouts is not None and resolver is not None
+            else None
+        )
         self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
         self.catalog = catalog
         self.limiter = limiter
@@ -231,6 +250,33 @@ class Dispatcher:
             served_ref=self._served_ref(pool, resolved),
         )
 
+    def mirror(
+        self,
+        admission: Admission,
+        body: Body,
+        raw: bytes,
+        prompt: Sequence[int] | None,
+        path: str,
+        stable_text: str | None,
+    ) -> None:
+        """Send a copy of a finished, non-streamed request to its model's rollout candidate
+        when the rollout shadows this request id (`gateway/shadow.py`)."""
+        if self.shadow is None or admission.lora is not None or stable_text is None:
+            return
+        target = self.shadow.target(admission.served_ref, admission.request_id)
+        if target is None:
+            return
+        self.shadow.mirror(
+            target,
+            admission.request_id,
+            admission.ctx.tenant_id,
+            json.loads(raw),
+            prompt,
+            sampling_for(admission, body),
+            path,
+            stable_text,
+        )
+
     def _served_ref(self, pool: Pool, resolved: Resolved | None) -> str | None:
         if resolved is not None and "@" in resolved.route.target:
             return resolved.route.target
@@ -288,14 +334,7 @@ class Dispatcher:
         if not isinstance(pool, EnginePool):
             await admission.close(0, 0)
             raise TypeError(f"pool {pool.name} is not an engine pool")
-        sampling = SamplingParams(
-            max_tokens=admission.max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            top_k=body.top_k or 0,
-            seed=body.seed,
-            stop=body.stop_sequences(),
-        )
+        sampling = sampling_for(admission, body)
         request = EngineRequest(
             request_id=admission.request_id,
             prompt_token_ids=tuple(prompt),

@@ -79,6 +79,10 @@ class ModelResolver:
         self._refs_by_pool.setdefault(pool.name, ref)
         self.invalidate()
 
+    def pool_of(self, ref: str) -> Pool | None:
+        """The pool serving the registry version `ref`, when bound."""
+        return self._pools_by_ref.get(ref)
+
     def ref_of(self, pool_name: str) -> str | None:
         """The registry version the pool serves, when bound."""
         return self._refs_by_pool.get(pool_name)

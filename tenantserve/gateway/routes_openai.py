@@ -122,6 +122,7 @@ class OpenAIRoutes:
             chunks = self._chat_chunks(outputs, body, completion_id, created, model)
             return sse(outputs, chunks, headers)
         text, finish_reason = await collect_while_connected(request, outputs)
+        self.dispatcher.mirror(admission, body, raw, prompt, "/chat/completions", text)
         return _json(
             ChatCompletion(
                 id=completion_id,
@@ -162,6 +163,7 @@ class OpenAIRoutes:
             chunks = self._completion_chunks(outputs, body, completion_id, created, model)
             return sse(outputs, chunks, headers)
         text, finish_reason = await collect_while_connected(request, outputs)
+        self.dispatcher.mirror(admission, body, raw, prompt, "/completions", text)
         return _json(
             Completion(
                 id=completion_id,
@@ -214,6 +216,9 @@ class OpenAIRoutes:
             await admission.close(0, 0, error=is_failure(e))
             raise
         upstream_s = time.perf_counter() - started
+        if self.dispatcher.shadow is not None:
+            text = _reply_text(reply.body)
+            self.dispatcher.mirror(admission, body, raw, None, path, text)
         usage = reply.usage
         prompt_tokens = usage.prompt_tokens if usage else admission.num_prompt_tokens
         completion_tokens = usage.completion_tokens if usage else admission.max_tokens
@@ -315,6 +320,16 @@ class OpenAIRoutes:
 
     def _card(self, model_id: str) -> ModelCard:
         return ModelCard(id=model_id, created=self.catalog.created(model_id))
+
+
+def _reply_text(body: bytes) -> str | None:
+    """The text of an upstream's (rewritten) completion, for shadow comparison."""
+    try:
+        choice = json.loads(body)["choices"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    message = choice.get("message")
+    return str((message or {}).get("content") or choice.get("text") or "")
 
 
 def _json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:

@@ -101,3 +101,49 @@ async def test_a_failing_canary_is_rolled_back_and_traffic_returns_to_stable(set
     before = len(setup.upstream.requests)
     assert set(await _chat(setup, 20)) == {200}
     assert len(setup.upstream.requests) == before
+
+
+async def test_shadow_mirrors_finished_requests_to_the_candidate_and_measures_them(
+    setup: Setup,
+) -> None:
+    setup.upstream.fail_with = None
+    async with setup.running.admin() as admin:
+        started = await admin.post(
+            "/admin/rollouts",
+            json={
+                "model": setup.name,
+                "candidate": f"{setup.name}@1.0.1",
+                "shadow_percent": 100,
+                "canary_steps": [50, 100],
+                "step_seconds": 3600,
+                "min_requests": 1000,
+            },
+        )
+    assert started.status_code == 201, started.text
+    assert started.json()["phase"] == "shadow"
+
+    before = len(setup.upstream.requests)
+    body = {
+        "model": setup.name,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "temperature": 0,
+    }
+    async with setup.running.http() as http:
+        answers = [await http.post("/v1/chat/completions", json=body) for _ in range(6)]
+    # Tenants get the stable version's answers (the engine), never the candidate's.
+    assert {a.status_code for a in answers} == {200}
+    assert all("upstream" not in a.json()["choices"][0]["message"]["content"] for a in answers)
+    async with asyncio.timeout(10):
+        while len(setup.upstream.requests) < before + 6:
+            await asyncio.sleep(0.05)
+    mirrored = setup.upstream.headers[before:]
+    ids = {a.headers["x-request-id"] for a in answers}
+    assert {h["x-request-id"].removesuffix("-shadow") for h in mirrored} == ids
+    assert {r["max_tokens"] for r in setup.upstream.requests[before:]} == {3}
+    async with setup.running.admin() as admin:
+        rollout = (await admin.get(f"/admin/rollouts/{setup.name}")).json()
+        candidate = rollout["stats"]["candidate"]
+        assert candidate["requests"] >= 6 and candidate["errors"] == 0
+        assert candidate["divergences"] >= 6  # the fake upstream answers other text
+        await admin.post(f"/admin/rollouts/{setup.name}/rollback", json={"reason": "test over"})
