@@ -9,13 +9,10 @@ Errors are one line on stderr: exit code 2 for bad input, 1 for everything else.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
@@ -26,8 +23,9 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
+from tenantserve.cli.runner import run_admin_command
 from tenantserve.config import Settings
-from tenantserve.errors import InvalidRequestError, NotFoundError, TenantServeError
+from tenantserve.errors import InvalidRequestError
 from tenantserve.registry.artifacts import Progress, TransferProgress
 from tenantserve.registry.service import RegistryService
 from tenantserve.registry.views import version_json
@@ -331,30 +329,13 @@ def _run(
     operation: Callable[[RegistryAdmin], Awaitable[Any]],
     not_found_hint: str | None = None,
 ) -> None:
-    """Run one catalog operation in the chosen mode and print its JSON, or fail in one line."""
-    try:
-        settings = Settings.from_env(data_dir=data_dir)
-        result = asyncio.run(_with_admin(settings, url, admin_token, operation))
-    except CommandError as e:
-        _fail(e)
-    except NotFoundError as e:
-        hint = f"; {not_found_hint}" if not_found_hint else ""
-        _fail(CommandError(f"{e}{hint}", 1))
-    except InvalidRequestError as e:
-        _fail(CommandError(str(e), 2))
-    except TenantServeError as e:
-        _fail(CommandError(str(e), 1))
-    print(json.dumps(result, indent=2))
-
-
-async def _with_admin(
-    settings: Settings,
-    url: str | None,
-    admin_token: str | None,
-    operation: Callable[[RegistryAdmin], Awaitable[Any]],
-) -> Any:
-    async with open_registry_admin(settings, url, admin_token) as admin:
-        return await operation(admin)
+    """Run one operation in the chosen mode and print its JSON, or fail in one line."""
+    run_admin_command(
+        data_dir,
+        lambda settings: open_registry_admin(settings, url, admin_token),
+        operation,
+        not_found_hint,
+    )
 
 
 @asynccontextmanager
@@ -411,8 +392,3 @@ async def open_direct_registry(settings: Settings) -> AsyncIterator[RegistryServ
             raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:
         await db.dispose()
-
-
-def _fail(e: CommandError) -> NoReturn:
-    print(f"[tenantserve] error: {e}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=e.exit_code)

@@ -9,13 +9,10 @@ the admin API of that server. Errors are one line on stderr: exit code 2 for bad
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
@@ -27,8 +24,8 @@ from tenantserve.cli.admin_client import (
     normalize_url,
 )
 from tenantserve.cli.models import AdminTokenOption, DataDirOption, UrlOption
+from tenantserve.cli.runner import run_admin_command
 from tenantserve.config import Settings
-from tenantserve.errors import InvalidRequestError, NotFoundError, TenantServeError
 from tenantserve.registry.rollout import (
     DEFAULT_ERROR_RATE_MARGIN,
     DEFAULT_MIN_REQUESTS,
@@ -229,31 +226,12 @@ def _run(
     data_dir: Path | None,
     url: str | None,
     admin_token: str | None,
-    operation: Callable[[RolloutAdmin], Awaitable[JsonObject]],
+    operation: Callable[[RolloutAdmin], Awaitable[Any]],
 ) -> None:
-    """Run one rollout operation in the chosen mode and print its JSON, or fail in one line."""
-    try:
-        settings = Settings.from_env(data_dir=data_dir)
-        result = asyncio.run(_with_admin(settings, url, admin_token, operation))
-    except CommandError as e:
-        _fail(e)
-    except NotFoundError as e:
-        _fail(CommandError(str(e), 1))
-    except InvalidRequestError as e:
-        _fail(CommandError(str(e), 2))
-    except TenantServeError as e:
-        _fail(CommandError(str(e), 1))
-    print(json.dumps(result, indent=2))
-
-
-async def _with_admin(
-    settings: Settings,
-    url: str | None,
-    admin_token: str | None,
-    operation: Callable[[RolloutAdmin], Awaitable[JsonObject]],
-) -> JsonObject:
-    async with open_rollout_admin(settings, url, admin_token) as admin:
-        return await operation(admin)
+    """Run one operation in the chosen mode and print its JSON, or fail in one line."""
+    run_admin_command(
+        data_dir, lambda settings: open_rollout_admin(settings, url, admin_token), operation
+    )
 
 
 @asynccontextmanager
@@ -306,8 +284,3 @@ async def open_direct_rollouts(settings: Settings) -> AsyncIterator[RolloutServi
             raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:
         await db.dispose()
-
-
-def _fail(e: CommandError) -> NoReturn:
-    print(f"[tenantserve] error: {e}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=e.exit_code)

@@ -9,12 +9,10 @@ code 2 for bad input (the message names the choices), 1 for everything else.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -24,8 +22,7 @@ from tenantserve.cli.admin_client import (
     TenantPatch,
     open_admin_client,
 )
-from tenantserve.config import Settings
-from tenantserve.errors import InvalidRequestError, NotFoundError, TenantServeError
+from tenantserve.cli.runner import fail, run_admin_command
 
 T = TypeVar("T")
 
@@ -133,7 +130,7 @@ def tenant_update(
     if quotas is not None:
         patch["quotas"] = _parse_quotas(quotas)
     if not patch:
-        _fail(
+        fail(
             CommandError(
                 "nothing to change: pass --tier, --region, --status, --limits or --quotas", 2
             )
@@ -191,9 +188,9 @@ def _parse_limits(text: str) -> dict[str, int | None]:
     try:
         data = json.loads(text)
     except ValueError as e:
-        _fail(CommandError(f"--limits is not valid JSON ({e}); e.g. {_LIMITS_EXAMPLE}", 2))
+        fail(CommandError(f"--limits is not valid JSON ({e}); e.g. {_LIMITS_EXAMPLE}", 2))
     if not isinstance(data, dict):
-        _fail(CommandError(f"--limits must be a JSON object, e.g. {_LIMITS_EXAMPLE}", 2))
+        fail(CommandError(f"--limits must be a JSON object, e.g. {_LIMITS_EXAMPLE}", 2))
     return data
 
 
@@ -204,9 +201,9 @@ def _parse_quotas(text: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(text)
     except ValueError as e:
-        _fail(CommandError(f"--quotas is not valid JSON ({e}); e.g. {_QUOTAS_EXAMPLE}", 2))
+        fail(CommandError(f"--quotas is not valid JSON ({e}); e.g. {_QUOTAS_EXAMPLE}", 2))
     if not isinstance(data, list) or not all(isinstance(q, dict) for q in data):
-        _fail(CommandError(f"--quotas must be a JSON list of objects, e.g. {_QUOTAS_EXAMPLE}", 2))
+        fail(CommandError(f"--quotas must be a JSON list of objects, e.g. {_QUOTAS_EXAMPLE}", 2))
     return data
 
 
@@ -222,32 +219,10 @@ def _run(
     operation: Callable[[AdminClient], Awaitable[Any]],
     not_found_hint: str | None = None,
 ) -> None:
-    """Run one admin operation in the chosen mode and print its JSON, or fail in one line."""
-    try:
-        settings = Settings.from_env(data_dir=data_dir)
-        result = asyncio.run(_with_client(settings, url, admin_token, operation))
-    except CommandError as e:
-        _fail(e)
-    except NotFoundError as e:
-        hint = f"; {not_found_hint}" if not_found_hint else ""
-        _fail(CommandError(f"{e}{hint}", 1))
-    except InvalidRequestError as e:
-        _fail(CommandError(str(e), 2))
-    except TenantServeError as e:
-        _fail(CommandError(str(e), 1))
-    print(json.dumps(result, indent=2))
-
-
-async def _with_client(
-    settings: Settings,
-    url: str | None,
-    admin_token: str | None,
-    operation: Callable[[AdminClient], Awaitable[T]],
-) -> T:
-    async with open_admin_client(settings, url, admin_token) as admin:
-        return await operation(admin)
-
-
-def _fail(e: CommandError) -> NoReturn:
-    print(f"[tenantserve] error: {e}", file=sys.stderr, flush=True)
-    raise typer.Exit(code=e.exit_code)
+    """Run one operation in the chosen mode and print its JSON, or fail in one line."""
+    run_admin_command(
+        data_dir,
+        lambda settings: open_admin_client(settings, url, admin_token),
+        operation,
+        not_found_hint,
+    )

@@ -1,60 +1,17 @@
-"""`UnitOfWork`: one transaction around tenancy changes.
-
-    async with uow:
-        await uow.tenants.add(tenant)
-        await uow.commit()
-
-Leaving the block without `commit()` (or by an exception) rolls everything back.
-"""
+"""`UnitOfWork`: one transaction around tenancy changes (`storage/unit_of_work.py`)."""
 
 from __future__ import annotations
 
-from types import TracebackType
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
+from tenantserve.storage.unit_of_work import SqlUnitOfWork
 from tenantserve.tenancy.repository import TenantRepository
 
 
-class UnitOfWork:
-    """A session and its repository for one `async with` block; not reentrant."""
+class UnitOfWork(SqlUnitOfWork):
+    """Tenants and their keys, in one session."""
 
     tenants: TenantRepository
 
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
-        self._sessionmaker = sessionmaker
-        self._session: AsyncSession | None = None
-
-    async def __aenter__(self) -> UnitOfWork:
-        if self._session is not None:
-            raise RuntimeError("UnitOfWork is already in use")
-        self._session = self._sessionmaker()
-        self.tenants = TenantRepository(self._session)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        session, self._session = self._session, None
-        if session is None:
-            return
-        try:
-            await session.rollback()
-        finally:
-            await session.close()
-
-    async def commit(self) -> None:
-        """Make this block's changes durable."""
-        await self._require_session().commit()
-
-    async def rollback(self) -> None:
-        """Discard this block's changes so far."""
-        await self._require_session().rollback()
-
-    def _require_session(self) -> AsyncSession:
-        if self._session is None:
-            raise RuntimeError("UnitOfWork used outside `async with`")
-        return self._session
+    def _open(self, session: AsyncSession) -> None:
+        self.tenants = TenantRepository(session)

@@ -6,35 +6,19 @@ and does not exist for any other tenant."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import pytest_asyncio
 
-from tenantserve.bootstrap import open_tenancy, registry_name
+from tenantserve.bootstrap import registry_name
 from tests.helpers.lora import write_random_adapter
-from tests.helpers.server import Running, add_tenant, serve, server_settings
+from tests.helpers.server import Running
 
+# `running` (conftest.py): a server of its own for this module, acme and globex.
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def running(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Running]:
-    settings = server_settings(tmp_path_factory.mktemp("data"), tiny_model_dir)
-    tenancy = await open_tenancy(settings)
-    try:
-        acme = await add_tenant(tenancy.service, "acme")
-        globex = await add_tenant(tenancy.service, "globex")
-    finally:
-        await tenancy.db.dispose()
-    async with serve(settings) as (url, service):
-        yield Running(url=url, service=service, acme=acme, globex=globex)
 
 
 def _ref(running: Running) -> str:

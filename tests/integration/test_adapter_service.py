@@ -45,18 +45,14 @@ from tenantserve.storage.database import Database
 from tenantserve.storage.migrations import migrate
 from tenantserve.tenancy.model import Region, TenantContext
 from tenantserve.tiers import Tier
+from tests.helpers.databases import BACKENDS, drop_postgres_database, fresh_postgres_database
 from tests.helpers.lora import (
     edit_adapter_tensors,
     set_adapter_config,
     write_random_adapter,
     zero_lora_b,
 )
-from tests.integration.test_tenancy_storage import (
-    _drop_postgres_database,
-    _fresh_postgres_database,
-)
 
-BACKENDS = ["sqlite", "postgresql"]
 TENANT_A = TenantContext("ten_aaaaaaaaaaaaaaaa", Tier.STANDARD, Region.US, key_id="k_a")
 TENANT_B = TenantContext("ten_bbbbbbbbbbbbbbbb", Tier.STANDARD, Region.US, key_id="k_b")
 BASE = "tiny-llama"
@@ -81,9 +77,9 @@ class FakeSmoke(SmokeTester):
 
 @pytest.fixture(scope="session")
 def adapter_postgres_url() -> Iterator[str]:
-    url = _fresh_postgres_database()
+    url = fresh_postgres_database()
     yield url
-    _drop_postgres_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(params=BACKENDS)

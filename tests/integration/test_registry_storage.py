@@ -34,12 +34,8 @@ from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.storage.database import Database
 from tenantserve.storage.migrations import current_revision, head_revision, migrate
 from tenantserve.tenancy.tables import metadata as tenancy_metadata
-from tests.integration.test_tenancy_storage import (
-    _drop_postgres_database,
-    _fresh_postgres_database,
-)
+from tests.helpers.databases import BACKENDS, drop_postgres_database, fresh_postgres_database
 
-BACKENDS = ["sqlite", "postgresql"]
 TENANT_A = "ten_aaaaaaaaaaaaaaaa"
 TENANT_B = "ten_bbbbbbbbbbbbbbbb"
 
@@ -56,9 +52,9 @@ class Clock:
 
 @pytest.fixture(scope="session")
 def registry_postgres_url() -> Iterator[str]:
-    url = _fresh_postgres_database()
+    url = fresh_postgres_database()
     yield url
-    _drop_postgres_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -29,12 +29,8 @@ from tenantserve.registry.tables import model_versions, rollouts
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.storage.database import Database
 from tenantserve.storage.migrations import migrate
-from tests.integration.test_tenancy_storage import (
-    _drop_postgres_database,
-    _fresh_postgres_database,
-)
+from tests.helpers.databases import BACKENDS, drop_postgres_database, fresh_postgres_database
 
-BACKENDS = ["sqlite", "postgresql"]
 STEP_S = 60
 MIN_REQUESTS = 20
 
@@ -55,9 +51,9 @@ class Clock:
 
 @pytest.fixture(scope="session")
 def rollout_postgres_url() -> Iterator[str]:
-    url = _fresh_postgres_database()
+    url = fresh_postgres_database()
     yield url
-    _drop_postgres_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(params=BACKENDS)

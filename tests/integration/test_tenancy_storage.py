@@ -6,11 +6,8 @@ parallel runs never see each other's rows.
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,8 +16,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, delete, inspect, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tenantserve.admission.quotas import Enforcement, Quota, QuotaMetric, QuotaPeriod
 from tenantserve.config import JwtConfig
@@ -42,11 +37,10 @@ from tenantserve.tenancy.service import TenancyService
 from tenantserve.tenancy.tables import api_keys, metadata, tenants
 from tenantserve.tenancy.unit_of_work import UnitOfWork
 from tenantserve.tiers import Tier
-from tests.helpers.services import POSTGRES_URL, require_service
+from tests.helpers.databases import BACKENDS, drop_postgres_database, fresh_postgres_database
 
 JWT_SECRET = "j" * 40
 JWT_AUDIENCE = "tenantserve"
-BACKENDS = ["sqlite", "postgresql"]
 
 
 class Clock:
@@ -59,41 +53,12 @@ class Clock:
         return self.now
 
 
-def _postgres_admin(statement: str) -> None:
-    """Run one statement outside any transaction, on a thread of its own (fixtures that
-    call this may be set up while the test's event loop is running)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, _postgres_admin_async(statement)).result()
-
-
-async def _postgres_admin_async(statement: str) -> None:
-    engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql(statement)
-    finally:
-        await engine.dispose()
-
-
-def _fresh_postgres_database() -> str:
-    url = make_url(POSTGRES_URL)
-    require_service("PostgreSQL", url.host or "127.0.0.1", url.port or 5432)
-    name = f"tenantserve_test_{secrets.token_hex(6)}"
-    _postgres_admin(f'CREATE DATABASE "{name}"')
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_postgres_database(url: str) -> None:
-    name = make_url(url).database
-    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """An empty PostgreSQL database for this session, migrated by the tests that use it."""
-    url = _fresh_postgres_database()
+    url = fresh_postgres_database()
     yield url
-    _drop_postgres_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -102,9 +67,9 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
         return
-    url = _fresh_postgres_database()
+    url = fresh_postgres_database()
     yield url
-    _drop_postgres_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,56 @@
+"""What every admin command does around its one operation: settings from the environment
+and flags, the admin (direct on the data dir, or the admin API with `--url`) opened and
+closed, the result printed as JSON, and any failure as one line on stderr with the exit
+code of its kind (2: bad input, 1: anything else)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+
+from tenantserve.cli.admin_client import CommandError
+from tenantserve.config import Settings
+from tenantserve.errors import InvalidRequestError, NotFoundError, TenantServeError
+
+Admin = TypeVar("Admin")
+
+
+def run_admin_command(
+    data_dir: Path | None,
+    open_admin: Callable[[Settings], AbstractAsyncContextManager[Admin]],
+    operation: Callable[[Admin], Awaitable[Any]],
+    not_found_hint: str | None = None,
+) -> None:
+    """Run `operation` on the admin `open_admin` gives and print its JSON, or fail."""
+    try:
+        settings = Settings.from_env(data_dir=data_dir)
+        result = asyncio.run(_with(open_admin(settings), operation))
+    except CommandError as e:
+        fail(e)
+    except NotFoundError as e:
+        hint = f"; {not_found_hint}" if not_found_hint else ""
+        fail(CommandError(f"{e}{hint}", 1))
+    except InvalidRequestError as e:
+        fail(CommandError(str(e), 2))
+    except TenantServeError as e:
+        fail(CommandError(str(e), 1))
+    print(json.dumps(result, indent=2))
+
+
+async def _with(
+    admin: AbstractAsyncContextManager[Admin], operation: Callable[[Admin], Awaitable[Any]]
+) -> Any:
+    async with admin as opened:
+        return await operation(opened)
+
+
+def fail(e: CommandError) -> NoReturn:
+    print(f"[tenantserve] error: {e}", file=sys.stderr, flush=True)
+    raise typer.Exit(code=e.exit_code)
