@@ -249,6 +249,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s)
     engine_pool = next((p for p in pools if isinstance(p, EnginePool)), None)
     served: dict[str, EnginePool] = {}  # registry ref -> engine pool, filled at start-up
+    rollouts = RolloutService(
+        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker), on_change=resolver.invalidate
+    )
     adapters = AdapterService(
         lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
         tenancy.registry,
@@ -259,11 +262,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         max_lora_rank=settings.lora.max_lora_rank,
         on_event=events.append,
         on_change=resolver.forget,
+        rollouts=rollouts,  # a new version of an adapter rolls out like a model version
     )
     resolver.adapters = adapters
-    rollouts = RolloutService(
-        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker), on_change=resolver.invalidate
-    )
     gateway = Gateway(
         pools=pools,
         tenancy=tenancy.service,

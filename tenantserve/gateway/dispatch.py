@@ -39,7 +39,7 @@ from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
 from tenantserve.admission.quotas import QuotaExceeded, SoftAlertFilter, check_quotas
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
-from tenantserve.errors import EngineError
+from tenantserve.errors import EngineError, InvalidRequestError
 from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.errors import (
     ApiError,
@@ -54,6 +54,7 @@ from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.shadow import ShadowMirror
 from tenantserve.gateway.streaming import Generation
+from tenantserve.registry.adapters import adapter_rollout_key, parse_adapter_ref
 from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.scheduling.fair_queue import Grant, Ticket
 from tenantserve.tenancy.model import TenantContext
@@ -278,6 +279,8 @@ class Dispatcher:
         )
 
     def _served_ref(self, pool: Pool, resolved: Resolved | None) -> str | None:
+        if resolved is not None and resolved.served_ref is not None:
+            return resolved.served_ref  # an adapter version
         if resolved is not None and "@" in resolved.route.target:
             return resolved.route.target
         return self.resolver.ref_of(pool.name) if self.resolver is not None else None
@@ -287,18 +290,21 @@ class Dispatcher:
         if self.resolver is None or self.resolver.adapters is None:
             return []
         adapters = await self.resolver.adapters.list(ctx)
-        return [(a.name, int(a.created_at.timestamp())) for a in adapters if a.is_ready]
+        return [(a.name, int(a.created_at.timestamp())) for a in adapters if a.is_routable]
 
     async def resolve(self, ctx: TenantContext, model: str, request_id: str) -> Resolved | None:
         """What `model` names beyond the static catalog: a pinned registry version or the
         caller's adapter; or, for a catalog name while a rollout of its version runs, the
-        canary version for the request ids the rollout sends there (sticky). None: the
-        static route (or an unknown name: admission answers 404)."""
+        canary version for the request ids the rollout sends there (sticky); the same for
+        a new version of the caller's adapter being rolled out (keyed by the caller's
+        tenant id, so it never routes another tenant's requests). None: the static route
+        (or an unknown name: admission answers 404)."""
         if self.resolver is None:
             return None
         static = self.catalog.routes(ctx).get(model)
         if static is None:
-            return await self.resolver.resolve(ctx, model)
+            resolved = await self.resolver.resolve(ctx, model)
+            return await self._adapter_canary(ctx, model, request_id, resolved)
         stable = self.resolver.ref_of(static.pool)
         if self.rollouts is None or stable is None:
             return None
@@ -312,6 +318,27 @@ class Dispatcher:
         if canary is None:
             return None
         return replace(canary, route=replace(canary.route, model_id=model), headers={})
+
+    async def _adapter_canary(
+        self, ctx: TenantContext, model: str, request_id: str, resolved: Resolved | None
+    ) -> Resolved | None:
+        """While a rollout of the caller's adapter `model` runs: the version it routes
+        `request_id` to (stable or candidate, sticky), with that version's ref as what the
+        rollout observes; else `resolved` (its current version, or whatever it is)."""
+        if resolved is None or resolved.lora is None or self.rollouts is None:
+            return resolved
+        assert self.resolver is not None
+        ref = self.rollouts.route(adapter_rollout_key(ctx.tenant_id, model), request_id)
+        if ref is None:
+            return resolved
+        try:
+            tenant_id, name, version = parse_adapter_ref(ref)
+        except InvalidRequestError:
+            return resolved
+        if (tenant_id, name) != (ctx.tenant_id, model):
+            return resolved
+        routed = await self.resolver.resolve_adapter_version(ctx, name, version)
+        return routed if routed is not None else resolved
 
     async def dispatch(
         self,

@@ -10,7 +10,10 @@ caller's own LoRA adapters, each routed to the engine pool serving the base vers
     a bound version's name    -> during a rollout (`rollout_route`): stable or canary,
                                  sticky per request id
     an adapter of the caller  -> its base version's engine pool, with a LoraRef (the
-                                 adapter's files pulled to this node on first use)
+                                 adapter's files pulled to this node on first use): its
+                                 current version; during a rollout of a new version the
+                                 dispatcher asks `resolve_adapter_version` for the
+                                 candidate's request ids
     anything else             -> None (admission answers 404, as for any unknown name)
 
 Lookups are cached per (tenant, name) (misses too); an entry older than `ttl_s` is
@@ -35,6 +38,7 @@ from tenantserve.errors import InvalidRequestError
 from tenantserve.gateway.errors import ApiError
 from tenantserve.gateway.pools import EnginePool, Pool
 from tenantserve.registry.adapter_service import AdapterService
+from tenantserve.registry.adapters import Adapter, adapter_ref
 from tenantserve.registry.model import ModelArchivedError
 from tenantserve.registry.service import RegistryService
 from tenantserve.tenancy.model import TenantContext
@@ -54,6 +58,9 @@ class Resolved:
     tokenizer: Tokenizer | None = None
     lora: LoraRef | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # What a running rollout counts it as: during an adapter's rollout, the adapter
+    # version serving it (`adapter:<tenant>/<name>@<n>`); None: the route's target.
+    served_ref: str | None = None
 
 
 class ModelResolver:
@@ -70,6 +77,8 @@ class ModelResolver:
         self._pools_by_ref: dict[str, Pool] = {}
         self._refs_by_pool: dict[str, str] = {}
         self._cache: dict[tuple[str, str], tuple[float, Resolved | ApiError | None]] = {}
+        # (tenant, adapter name, version) -> a rollout candidate's resolution.
+        self._versions: dict[tuple[str, str, int], tuple[float, Resolved | ApiError | None]] = {}
         self._refreshing: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -89,10 +98,36 @@ class ModelResolver:
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._versions.clear()
 
     def forget(self, tenant_id: str, name: str) -> None:
         """Drop one (tenant, name) resolution: its adapter was uploaded or deleted."""
         self._cache.pop((tenant_id, name), None)
+        for key in [k for k in self._versions if k[:2] == (tenant_id, name)]:
+            del self._versions[key]
+
+    async def resolve_adapter_version(
+        self, ctx: TenantContext, name: str, version: int
+    ) -> Resolved | None:
+        """Version `version` of the caller's adapter `name` (the one a running rollout routes
+        a request to), when routable, with its `served_ref`; None otherwise. Cached for the TTL
+        (cleared by `forget` / `invalidate`)."""
+        if self.adapters is None:
+            return None
+        key = (ctx.tenant_id, name, version)
+        now = time.monotonic()
+        hit = self._versions.get(key)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            found = hit[1]
+        else:
+            adapter = await self.adapters.resolve_version(ctx, name, version)
+            found = None if adapter is None else await self._adapter(name, adapter)
+            if isinstance(found, Resolved):
+                found = replace(found, served_ref=adapter_ref(ctx.tenant_id, name, version))
+            if len(self._versions) >= MAX_ENTRIES:
+                self._versions.clear()
+            self._versions[key] = (now, found)
+        return found if isinstance(found, Resolved) else None
 
     async def resolve(self, ctx: TenantContext, name: str) -> Resolved | None:
         """`name` for `ctx`, or None when it is neither a version nor the caller's adapter;
@@ -140,6 +175,10 @@ class ModelResolver:
         adapter = await self.adapters.resolve(ctx, name)
         if adapter is None:
             return None
+        return await self._adapter(name, adapter)
+
+    async def _adapter(self, name: str, adapter: Adapter) -> Resolved | ApiError:
+        assert self.adapters is not None
         pool = self._pools_by_ref.get(adapter.base_model)
         if not isinstance(pool, EnginePool):  # adapters run on the built-in engine
             return ApiError(

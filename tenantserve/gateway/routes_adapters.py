@@ -4,14 +4,18 @@
                                  `adapter_config.json` + `adapter_model.safetensors`, or
                                  one `archive` (.tar.gz / .zip)      -> 201 adapter
     GET    /v1/adapters          the caller's adapters                -> {"data": [adapter]}
-    GET    /v1/adapters/{name}   one of them                          -> adapter
-    DELETE /v1/adapters/{name}   delete it and its files              -> adapter
+    GET    /v1/adapters/{name}   one of them, with all its versions   -> adapter + versions
+    DELETE /v1/adapters/{name}   delete it (every version) and files  -> adapter
 
-An adapter is `{"id", "object": "adapter", "name", "base_model", "status", "rank",
-"target_modules", "size_bytes", "created_at", "report"}`; POST answers once the smoke test
-has run, with status `ready` or `failed` (and the report saying why). Errors in OpenAI's
-shape: 400 a bad upload (the message names the problem), 404 an unknown name or another
-tenant's, 409 `adapter_exists`, 413 `adapter_too_large`. The file parts are spooled to disk
+An adapter is `{"id", "object": "adapter", "name", "version", "base_model", "status",
+"rank", "target_modules", "size_bytes", "created_at", "report"}`: GET and the list show
+each name's current (routable) version; a new upload of a name makes its next version,
+rolled out over the current one (`adapter:<tenant>/<name>` in `/admin/rollouts`). POST
+answers once the smoke test has run, with status `ready` or `failed` (and the report
+saying why). Errors in OpenAI's shape: 400 a bad upload (the message names the problem),
+404 an unknown name or another tenant's, 409 `adapter_exists` (the newest version still
+validating, a rollout of the name running, or a concurrent upload of the same version),
+413 `adapter_too_large`. The file parts are spooled to disk
 by the multipart parser and copied in chunks; the body-size limit middleware applies
 first, so `TENANTSERVE_MAX_BODY_BYTES` must be above `TENANTSERVE_MAX_ADAPTER_BYTES`.
 """
@@ -41,12 +45,25 @@ def adapter_json(a: Adapter) -> dict[str, Any]:
         "id": a.id,
         "object": "adapter",
         "name": a.name,
+        "version": a.version,
         "base_model": a.base_model,
         "status": a.status.value,
         "rank": a.rank,
         "target_modules": list(a.target_modules),
         "size_bytes": a.size_bytes,
         "created_at": int(a.created_at.timestamp()),
+        "report": a.report,
+    }
+
+
+def version_json(a: Adapter) -> dict[str, Any]:
+    """One version of an adapter, in `GET /v1/adapters/{name}`'s `versions`."""
+    return {
+        "id": a.id,
+        "version": a.version,
+        "status": a.status.value,
+        "created_at": int(a.created_at.timestamp()),
+        "superseded_at": int(a.superseded_at.timestamp()) if a.superseded_at else None,
         "report": a.report,
     }
 
@@ -103,7 +120,9 @@ class AdapterRoutes:
 
     async def get_adapter(self, request: Request, name: str) -> dict[str, Any]:
         ctx = await self._tenant(request)
-        return adapter_json(await self.service.get(ctx, name))
+        current = await self.service.get(ctx, name)
+        versions = await self.service.versions(ctx, name)
+        return {**adapter_json(current), "versions": [version_json(v) for v in versions]}
 
     async def delete_adapter(self, request: Request, name: str) -> dict[str, Any]:
         ctx = await self._tenant(request)

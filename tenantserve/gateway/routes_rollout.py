@@ -73,9 +73,10 @@ class RolloutRoutes:
         """Add the rollout admin routes to `app`."""
         app.add_api_route("/admin/rollouts", self.start, methods=["POST"])
         app.add_api_route("/admin/rollouts", self.list_active, methods=["GET"])
-        app.add_api_route("/admin/rollouts/{model}", self.status, methods=["GET"])
-        app.add_api_route("/admin/rollouts/{model}/promote", self.promote, methods=["POST"])
-        app.add_api_route("/admin/rollouts/{model}/rollback", self.rollback, methods=["POST"])
+        # `{model:path}`: an adapter's rollout key (`adapter:<tenant>/<name>`) has a slash.
+        app.add_api_route("/admin/rollouts/{model:path}/promote", self.promote, methods=["POST"])
+        app.add_api_route("/admin/rollouts/{model:path}/rollback", self.rollback, methods=["POST"])
+        app.add_api_route("/admin/rollouts/{model:path}", self.status, methods=["GET"])
 
     async def start(self, request: Request) -> JSONResponse:
         self._check(request)

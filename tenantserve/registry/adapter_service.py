@@ -10,19 +10,30 @@ leaves nothing behind (the upload's temporary directory is always removed):
               it names (resolved for the tenant: another tenant's private version does not
               exist), then every tensor against the base model's geometry and
               `max_lora_rank`, finite values (`engine/lora_files.py`)
-    record    row `validating`; the database's unique (tenant, name) decides between
-              concurrent uploads with the same name: the other one gets AdapterExistsError
-    store     the files into the artifact store (`adapters/<tenant>/<name>/<digest16>`)
+    record    row `validating`, version n+1 over the name's newest version n (1 for a new
+              name; refused while the newest is validating or a rollout of the name
+              runs); the database's unique (tenant, name, version) decides between
+              concurrent uploads of one version: the other one gets AdapterExistsError
+    store     the files into the artifact store (`adapters/<tenant>/<name>/<digest16>`,
+              `-v<n>` appended from version 2 on)
     smoke     an engine generates with and without it (`adapter_smoke.py`)
     finish    `ready`, or `failed` with the tenant-facing report, an operator event, and
               its stored files removed
+    roll out  a ready version n+1 over a current (ready) version: a rollout keyed
+              `adapter:<tenant>/<name>` starts (`RolloutService.start_adapter`); the
+              current version keeps serving what the rollout does not send to the new
+              one until it finishes (the old one superseded) or is rolled back (the new
+              one failed). Without a rollout service the new version replaces the old at
+              once.
 
-A `validating` or `failed` adapter is never routable; `resolve` returns ready ones only.
+A `validating`, `failed` or superseded version is never routable; `resolve` returns the
+current version only (the gateway asks the rollout for the candidate's request ids).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -50,6 +61,7 @@ from tenantserve.registry.adapters import (
     AdapterExistsError,
     AdapterStatus,
     adapter_key,
+    adapter_rollout_key,
     new_adapter_id,
     validate_adapter_name,
 )
@@ -64,6 +76,7 @@ from tenantserve.registry.artifacts import (
 )
 from tenantserve.registry.model import ArtifactFile, ModelRef, ModelVersion, manifest_digest
 from tenantserve.registry.repository import DuplicateAdapterError
+from tenantserve.registry.rollout_service import RolloutConflictError, RolloutService
 from tenantserve.registry.service import RegistryService, utc_now
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.tenancy.model import TenantContext
@@ -125,6 +138,8 @@ class AdapterService:
         on_event: OnEvent = _no_event,
         clock: Callable[[], datetime] = utc_now,
         on_change: Callable[[str, str], None] | None = None,
+        rollouts: RolloutService | None = None,
+        rollout_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._uow = uow_factory
         self._registry = registry
@@ -139,6 +154,11 @@ class AdapterService:
         # on_change(tenant_id, name): an adapter became routable or stopped being (caches
         # of resolutions forget that name).
         self.on_change = on_change
+        # Rolls new versions out over the current one; None: a new version replaces the
+        # current one as soon as it is ready.
+        self.rollouts = rollouts
+        # `RolloutService.start_adapter`'s plan options (step_seconds, canary_steps, ...).
+        self.rollout_options: dict[str, Any] = dict(rollout_options or {})
 
     @property
     def store(self) -> ArtifactStore:
@@ -154,46 +174,71 @@ class AdapterService:
         """Receive, check, store and smoke-test an adapter; returns it `ready` or `failed`
         (with its report). InvalidRequestError naming the problem for a bad upload (nothing
         is kept), AdapterTooLargeError above the limit, AdapterExistsError for a name the
-        tenant already uses. `base_model` overrides the config's `base_model_name_or_path`."""
+        tenant already uses. `base_model` overrides the config's `base_model_name_or_path`.
+        A name the tenant already has gets its next version (rolled out over the current
+        one once ready); AdapterExistsError while its newest version is validating, while
+        a rollout of it runs, or when a concurrent upload made the same version first."""
         name = validate_adapter_name(name)
-        await self._refuse_existing(ctx.tenant_id, name)
+        version = await self._next_version(ctx.tenant_id, name)
         tmp = self.work_dir / "uploads" / uuid.uuid4().hex
         files_dir = tmp / "files"
         await asyncio.to_thread(files_dir.mkdir, parents=True)
         try:
             await asyncio.to_thread(self._receive, parts, tmp, files_dir)
             checked = await self._check(ctx, files_dir, base_model)
-            adapter = await self._record(ctx.tenant_id, name, checked)
+            adapter = await self._record(ctx.tenant_id, name, version, checked)
             stored = await self._store_and_test(adapter, checked, files_dir)
+            if stored.is_ready:
+                await self._roll_out(stored)
             self._changed(ctx.tenant_id, name)
             return stored
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
 
     async def list(self, ctx: TenantContext) -> Sequence[Adapter]:
-        """The caller's adapters (every status), by name."""
+        """The caller's adapters (every status), by name: each name's current version."""
         async with self._uow() as uow:
             return await uow.adapters.list(ctx.tenant_id)
 
     async def get(self, ctx: TenantContext, name: str) -> Adapter:
-        """The caller's adapter; NotFoundError for unknown names and other tenants' ones."""
+        """The caller's adapter (its current version); NotFoundError for unknown names and
+        other tenants' ones."""
         async with self._uow() as uow:
             found = await uow.adapters.get(ctx.tenant_id, name)
         if found is None:
             raise NotFoundError(f"adapter {name!r} does not exist")
         return found
 
-    async def delete(self, ctx: TenantContext, name: str) -> Adapter:
-        """Delete the caller's adapter (any status) and its files; NotFoundError otherwise.
-        The row goes first, so it is never routable without its files."""
+    async def versions(self, ctx: TenantContext, name: str) -> Sequence[Adapter]:
+        """Every version of the caller's adapter, oldest first; NotFoundError when none."""
         async with self._uow() as uow:
+            found = await uow.adapters.versions(ctx.tenant_id, name)
+        if not found:
+            raise NotFoundError(f"adapter {name!r} does not exist")
+        return found
+
+    async def delete(self, ctx: TenantContext, name: str) -> Adapter:
+        """Delete every version of the caller's adapter (any status) and their files (a
+        running rollout of it is rolled back first); NotFoundError otherwise. Returns the
+        current version. The rows go first, so none is routable without its files."""
+        key = adapter_rollout_key(ctx.tenant_id, name)
+        if self.rollouts is not None:
+            async with self._uow() as uow:
+                running = await uow.rollouts.active(key)
+            if running:
+                with contextlib.suppress(NotFoundError, RolloutConflictError):
+                    await self.rollouts.rollback(key, "the adapter was deleted")
+        async with self._uow() as uow:
+            versions = await uow.adapters.versions(ctx.tenant_id, name)
             found = await uow.adapters.get(ctx.tenant_id, name)
-            if found is None or not await uow.adapters.delete(found):
+            deleted = [v for v in versions if await uow.adapters.delete(v)]
+            if found is None or not deleted:
                 raise NotFoundError(f"adapter {name!r} does not exist")
             await uow.commit()
         self._changed(ctx.tenant_id, name)
-        await self.store.delete(self.store.key_of(found.artifact_uri))
-        await asyncio.to_thread(shutil.rmtree, self._local_path(found), True)
+        for version in deleted:
+            await self.store.delete(self.store.key_of(version.artifact_uri))
+            await asyncio.to_thread(shutil.rmtree, self._local_path(version), True)
         return found
 
     async def fail_interrupted(self, older_than: timedelta = STALE_UPLOAD_AFTER) -> int:
@@ -211,14 +256,26 @@ class AdapterService:
             self.on_change(tenant_id, name)
 
     async def resolve(self, ctx: TenantContext, name: str) -> Adapter | None:
-        """The caller's ready adapter called `name`, else None (for the gateway's routing)."""
+        """The caller's current (ready) version of the adapter `name`, else None (for the
+        gateway's routing; during a rollout the stable version)."""
         try:
             validate_adapter_name(name)
         except InvalidRequestError:
             return None
         async with self._uow() as uow:
             found = await uow.adapters.get(ctx.tenant_id, name)
-        return found if found is not None and found.is_ready else None
+        return found if found is not None and found.is_routable else None
+
+    async def resolve_version(self, ctx: TenantContext, name: str, version: int) -> Adapter | None:
+        """One routable (ready, not superseded) version of the caller's adapter `name`, else
+        None (the gateway serves a rollout's candidate with it)."""
+        try:
+            validate_adapter_name(name)
+        except InvalidRequestError:
+            return None
+        async with self._uow() as uow:
+            found = await uow.adapters.get_version(ctx.tenant_id, name, version)
+        return found if found is not None and found.is_routable else None
 
     async def local_dir(self, adapter: Adapter) -> Path:
         """A verified local copy of the adapter's files (for the engine's `LoraRef.path`),
@@ -240,11 +297,56 @@ class AdapterService:
 
     # -- upload steps -------------------------------------------------------------------
 
-    async def _refuse_existing(self, tenant_id: str, name: str) -> None:
+    async def _next_version(self, tenant_id: str, name: str) -> int:
+        """The version an upload of `name` makes: 1, or the newest one's + 1; refused while
+        the newest is validating or a rollout of the name runs."""
         async with self._uow() as uow:
-            existing = await uow.adapters.get(tenant_id, name)
-        if existing is not None:
-            raise _exists(name, existing.status)
+            versions = await uow.adapters.versions(tenant_id, name)
+            running = await uow.rollouts.active(adapter_rollout_key(tenant_id, name))
+        if not versions:
+            return 1
+        newest = versions[-1]
+        if newest.status is AdapterStatus.VALIDATING:
+            raise _exists(name, newest.status)
+        if running:
+            raise AdapterExistsError(
+                f"adapter {name!r} version {newest.version} is being rolled out; upload a "
+                "new version once its rollout has finished or was rolled back"
+            )
+        return newest.version + 1
+
+    async def _roll_out(self, adapter: Adapter) -> None:
+        """A new ready version over a current one: start its rollout (or, without a rollout
+        service, supersede the older versions at once)."""
+        async with self._uow() as uow:
+            versions = await uow.adapters.versions(adapter.tenant_id, adapter.name)
+        stable = next((v for v in versions if v.is_routable and v.version < adapter.version), None)
+        if stable is None:
+            return  # the first routable version: current as it is
+        if self.rollouts is not None:
+            try:
+                await self.rollouts.start_adapter(
+                    adapter.tenant_id,
+                    adapter.name,
+                    stable.version,
+                    adapter.version,
+                    **self.rollout_options,
+                    reason="uploaded",
+                )
+                return
+            except RolloutConflictError:
+                logger.warning(
+                    "adapter %s: a rollout already runs; version %d replaces the current one",
+                    adapter.rollout_key,
+                    adapter.version,
+                )
+        now = self._clock()
+        async with self._uow() as uow:
+            for old in versions:
+                if old.version < adapter.version and old.superseded_at is None:
+                    old.supersede(now)
+                    await uow.adapters.update(old)
+            await uow.commit()
 
     def _receive(self, parts: Sequence[UploadPart], tmp: Path, files_dir: Path) -> None:
         """Stream the parts to disk under the byte limit, unpacking an archive (blocking)."""
@@ -316,17 +418,18 @@ class AdapterService:
             raise PermissionDeniedError(f"this API key may not use base model {version.name}")
         return version
 
-    async def _record(self, tenant_id: str, name: str, checked: _Checked) -> Adapter:
+    async def _record(self, tenant_id: str, name: str, version: int, checked: _Checked) -> Adapter:
         digest = manifest_digest(checked.manifest)
         adapter = Adapter(
             id=new_adapter_id(),
             tenant_id=tenant_id,
             name=name,
+            version=version,
             base_model=checked.base.ref,
             rank=checked.rank,
             target_modules=checked.target_modules,
             digest=digest,
-            artifact_uri=self.store.uri(adapter_key(tenant_id, name, digest)),
+            artifact_uri=self.store.uri(adapter_key(tenant_id, name, digest, version)),
             files=checked.manifest,
             status=AdapterStatus.VALIDATING,
             created_at=self._clock(),
@@ -336,7 +439,7 @@ class AdapterService:
                 await uow.adapters.add(adapter)
                 await uow.commit()
         except DuplicateAdapterError:
-            raise _exists(name, None) from None
+            raise _exists(name, None, version) from None
         return adapter
 
     async def _store_and_test(
@@ -386,10 +489,15 @@ class AdapterService:
         return self.work_dir / "local" / adapter.tenant_id / adapter.id
 
 
-def _exists(name: str, status: AdapterStatus | None) -> AdapterExistsError:
-    state = f" ({status.value})" if status is not None else ""
+def _exists(name: str, status: AdapterStatus | None, version: int = 1) -> AdapterExistsError:
+    if status is AdapterStatus.VALIDATING:
+        return AdapterExistsError(
+            f"adapter {name!r} already exists (validating); upload a new version once its "
+            "newest one is ready or failed"
+        )
+    at = f" version {version}" if version > 1 else ""
     return AdapterExistsError(
-        f"adapter {name!r} already exists{state}; delete it first or choose another name"
+        f"adapter {name!r}{at} already exists (another upload made it first); upload again"
     )
 
 

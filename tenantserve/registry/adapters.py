@@ -8,7 +8,10 @@ Plain dataclasses; no SQLAlchemy, no web framework. Persistence lives in `tables
 
 An adapter belongs to one tenant; its name is unique within that tenant and invisible to
 every other one. Its content (files, digest) never changes after upload: a new content is
-a new upload (delete the old one first, or use another name).
+a new upload of the name, its next version (1, 2, ...). A name's current version is its
+oldest ready version not yet superseded: a new version is rolled out over it like a model
+version (the rollout key `adapter:<tenant>/<name>`, refs `adapter:<tenant>/<name>@<n>`), and
+when that rollout finishes the old version is superseded (rolled back: the new one is).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tenantserve.registry.model import ArtifactFile, manifest_digest, sorted_man
 from tenantserve.tenancy.model import random_id_part
 
 ADAPTER_ID_PREFIX = "adp_"
+ADAPTER_ROLLOUT_PREFIX = "adapter:"
 MAX_ADAPTER_NAME_CHARS = 64
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}")
 
@@ -34,7 +38,8 @@ class AdapterStatus(StrEnum):
 
 
 class AdapterExistsError(InvalidRequestError):
-    """The tenant already has an adapter with this name (409)."""
+    """The upload cannot make a new version of the name now (409): another upload of the
+    same version won, the newest one is still validating, or one is being rolled out."""
 
 
 class AdapterTooLargeError(InvalidRequestError):
@@ -56,9 +61,43 @@ def new_adapter_id() -> str:
     return ADAPTER_ID_PREFIX + random_id_part()
 
 
-def adapter_key(tenant_id: str, name: str, digest: str) -> str:
-    """`adapters/<tenant>/<name>/<first 16 hex digits of the digest>` in the artifact store."""
-    return f"adapters/{tenant_id}/{name}/{digest.removeprefix('sha256:')[:16]}"
+def adapter_key(tenant_id: str, name: str, digest: str, version: int = 1) -> str:
+    """`adapters/<tenant>/<name>/<first 16 hex digits of the digest>` in the artifact store
+    (`...-v<n>` from version 2 on, so versions with the same content never share files)."""
+    key = f"adapters/{tenant_id}/{name}/{digest.removeprefix('sha256:')[:16]}"
+    return key if version == 1 else f"{key}-v{version}"
+
+
+def adapter_rollout_key(tenant_id: str, name: str) -> str:
+    """`adapter:<tenant>/<name>`: what the rollout service keys an adapter's rollouts by."""
+    return f"{ADAPTER_ROLLOUT_PREFIX}{tenant_id}/{name}"
+
+
+def adapter_ref(tenant_id: str, name: str, version: int) -> str:
+    """`adapter:<tenant>/<name>@<version>`: one version of an adapter, as rollouts name it."""
+    return f"{adapter_rollout_key(tenant_id, name)}@{version}"
+
+
+def is_adapter_key(model: str) -> bool:
+    """Whether a rollout key (or ref) names a tenant's adapter rather than a model."""
+    return model.startswith(ADAPTER_ROLLOUT_PREFIX)
+
+
+def parse_adapter_key(key: str) -> tuple[str, str]:
+    """(tenant_id, name) of `adapter:<tenant>/<name>`; InvalidRequestError otherwise."""
+    tenant_id, slash, name = key.removeprefix(ADAPTER_ROLLOUT_PREFIX).partition("/")
+    if not is_adapter_key(key) or not slash or not tenant_id or "@" in name:
+        raise InvalidRequestError(f"not an adapter rollout key: {key!r}")
+    return tenant_id, validate_adapter_name(name)
+
+
+def parse_adapter_ref(ref: str) -> tuple[str, str, int]:
+    """(tenant_id, name, version) of `adapter:<tenant>/<name>@<version>`."""
+    key, at, version = ref.partition("@")
+    if not at or not version.isdigit():
+        raise InvalidRequestError(f"not an adapter version ref: {ref!r}")
+    tenant_id, name = parse_adapter_key(key)
+    return tenant_id, name, int(version)
 
 
 @dataclass
@@ -80,6 +119,11 @@ class Adapter:
     # Tenant-facing: why it failed (None while validating and when ready).
     report: str | None = None
     updated_at: datetime | None = field(default=None, compare=False)
+    # 1 for a name's first upload, n+1 for an upload over version n.
+    version: int = 1
+    # When a newer version replaced it (its rollout finished) or its own rollout was
+    # rolled back; a superseded version is never routed to.
+    superseded_at: datetime | None = None
 
     def __post_init__(self) -> None:
         validate_adapter_name(self.name)
@@ -94,6 +138,17 @@ class Adapter:
         if self.digest != manifest_digest(self.files):
             raise InvalidRequestError(f"adapter {self.name}: digest does not match its files")
         self.status = AdapterStatus(self.status)
+        if isinstance(self.version, bool) or self.version < 1:
+            raise InvalidRequestError(f"adapter version must be ≥ 1, not {self.version!r}")
+
+    @property
+    def ref(self) -> str:
+        """`adapter:<tenant>/<name>@<version>` (what a rollout of the adapter routes to)."""
+        return adapter_ref(self.tenant_id, self.name, self.version)
+
+    @property
+    def rollout_key(self) -> str:
+        return adapter_rollout_key(self.tenant_id, self.name)
 
     @property
     def size_bytes(self) -> int:
@@ -103,6 +158,24 @@ class Adapter:
     def is_ready(self) -> bool:
         """Only a ready adapter may be routed to."""
         return self.status is AdapterStatus.READY
+
+    @property
+    def is_routable(self) -> bool:
+        """Ready and not superseded by a newer version (or by its own rollback)."""
+        return self.is_ready and self.superseded_at is None
+
+    def supersede(self, now: datetime) -> None:
+        """A newer version replaced it: it is kept (listed) but never routed to again."""
+        if self.superseded_at is None:
+            self.superseded_at = now
+            self.updated_at = now
+
+    def roll_back(self, reason: str, now: datetime) -> None:
+        """Its rollout was rolled back: failed, superseded, with the reason as its report."""
+        self.status = AdapterStatus.FAILED
+        self.report = reason
+        self.supersede(now)
+        self.updated_at = now
 
     def mark_ready(self, now: datetime) -> None:
         """validating → ready."""

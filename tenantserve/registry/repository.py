@@ -33,7 +33,7 @@ class DuplicateVersionError(Exception):
 
 
 class DuplicateAdapterError(Exception):
-    """Another transaction inserted an adapter with the same (tenant, name) first."""
+    """Another transaction inserted the same (tenant, name, version) first."""
 
 
 class DuplicateRolloutError(Exception):
@@ -109,21 +109,22 @@ class ModelRepository:
 
 
 class AdapterRepository:
-    """Tenant adapters, read and written through one session; every read is scoped to one
-    tenant (another tenant's adapters do not exist for it)."""
+    """Tenant adapters (every version of each name), read and written through one session;
+    every read is scoped to one tenant (another tenant's adapters do not exist for it)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
     async def add(self, adapter: Adapter) -> None:
-        """Insert a new adapter; DuplicateAdapterError when the tenant already has the name
-        (the transaction must then be rolled back)."""
+        """Insert a new adapter version; DuplicateAdapterError when the tenant already has
+        that version of the name (the transaction must then be rolled back)."""
         try:
             await self._session.execute(
                 insert(tenant_adapters).values(
                     id=adapter.id,
                     tenant_id=adapter.tenant_id,
                     name=adapter.name,
+                    version=adapter.version,
                     base_model=adapter.base_model,
                     rank=adapter.rank,
                     target_modules=list(adapter.target_modules),
@@ -135,29 +136,49 @@ class AdapterRepository:
                     report=adapter.report,
                     created_at=adapter.created_at,
                     updated_at=adapter.updated_at or adapter.created_at,
+                    superseded_at=adapter.superseded_at,
                 )
             )
         except IntegrityError as e:
             raise DuplicateAdapterError(f"{adapter.tenant_id}/{adapter.name}") from e
 
     async def get(self, tenant_id: str, name: str) -> Adapter | None:
-        """The tenant's adapter called `name`, or None."""
+        """The tenant's current version of `name` (`current_of`), or None."""
+        return current_of(await self.versions(tenant_id, name))
+
+    async def get_version(self, tenant_id: str, name: str, version: int) -> Adapter | None:
+        """One version of the tenant's adapter `name`, or None."""
         result = await self._session.execute(
             select(tenant_adapters).where(
-                tenant_adapters.c.tenant_id == tenant_id, tenant_adapters.c.name == name
+                tenant_adapters.c.tenant_id == tenant_id,
+                tenant_adapters.c.name == name,
+                tenant_adapters.c.version == version,
             )
         )
         row = result.mappings().first()
         return _adapter(row) if row is not None else None
 
+    async def versions(self, tenant_id: str, name: str) -> Sequence[Adapter]:
+        """Every version of the tenant's adapter `name`, oldest first."""
+        result = await self._session.execute(
+            select(tenant_adapters)
+            .where(tenant_adapters.c.tenant_id == tenant_id, tenant_adapters.c.name == name)
+            .order_by(tenant_adapters.c.version)
+        )
+        return [_adapter(row) for row in result.mappings()]
+
     async def list(self, tenant_id: str) -> Sequence[Adapter]:
-        """The tenant's adapters by name."""
+        """The tenant's adapters by name, each name's current version (`current_of`)."""
         result = await self._session.execute(
             select(tenant_adapters)
             .where(tenant_adapters.c.tenant_id == tenant_id)
-            .order_by(tenant_adapters.c.name)
+            .order_by(tenant_adapters.c.name, tenant_adapters.c.version)
         )
-        return [_adapter(row) for row in result.mappings()]
+        by_name: dict[str, list[Adapter]] = {}
+        for row in result.mappings():
+            adapter = _adapter(row)
+            by_name.setdefault(adapter.name, []).append(adapter)
+        return [a for vs in by_name.values() if (a := current_of(vs)) is not None]
 
     async def finish(self, adapter: Adapter) -> bool:
         """Write a validating adapter's outcome (status, report); False when its row is no
@@ -176,8 +197,22 @@ class AdapterRepository:
         )
         return bool(getattr(result, "rowcount", 0))
 
+    async def update(self, adapter: Adapter) -> bool:
+        """Write a version's status, report and supersession; False when it is gone."""
+        result = await self._session.execute(
+            update(tenant_adapters)
+            .where(tenant_adapters.c.id == adapter.id)
+            .values(
+                status=adapter.status.value,
+                report=adapter.report,
+                superseded_at=adapter.superseded_at,
+                updated_at=adapter.updated_at or adapter.created_at,
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
     async def delete(self, adapter: Adapter) -> bool:
-        """Remove the adapter's row; False when it was already gone."""
+        """Remove one version's row; False when it was already gone."""
         result = await self._session.execute(
             delete(tenant_adapters).where(tenant_adapters.c.id == adapter.id)
         )
@@ -195,6 +230,16 @@ class AdapterRepository:
             .values(status=AdapterStatus.FAILED.value, report=report, updated_at=now)
         )
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+def current_of(versions: Sequence[Adapter]) -> Adapter | None:
+    """The current version among one name's versions (oldest first): the oldest routable
+    one (ready, not superseded: a newer ready one is still being rolled out over it), else
+    the newest one whatever its status (what GET shows for a name that is not routable)."""
+    routable = [a for a in versions if a.is_routable]
+    if routable:
+        return routable[0]
+    return versions[-1] if versions else None
 
 
 class RolloutRepository:
@@ -328,6 +373,8 @@ def _adapter(row: RowMapping) -> Adapter:
         report=row["report"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        version=row["version"],
+        superseded_at=row["superseded_at"],
     )
 
 

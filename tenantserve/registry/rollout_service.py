@@ -10,6 +10,11 @@ running rollouts first, so changes made elsewhere (the CLI on the database) take
 When a rollout finishes, one transaction marks it done, makes a canary candidate active,
 and deprecates the old stable version (end date 90 days out, the candidate named as its
 replacement), so plain `name` requests then resolve to the candidate.
+
+A tenant's adapter versions roll out the same way (`start_adapter`): the key is
+`adapter:<tenant>/<name>`, the refs `adapter:<tenant>/<name>@<version>`; finishing one
+supersedes the old version, rolling one back marks the candidate failed and superseded
+(its report the reason), so the stable version keeps serving.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from tenantserve.errors import InvalidRequestError, NotFoundError
+from tenantserve.registry.adapters import (
+    AdapterStatus,
+    adapter_ref,
+    adapter_rollout_key,
+    is_adapter_key,
+    parse_adapter_key,
+    parse_adapter_ref,
+)
 from tenantserve.registry.model import (
     ModelRef,
     ModelStatus,
@@ -167,9 +180,57 @@ class RolloutService:
         self._changed()
         return rollout
 
+    async def start_adapter(
+        self,
+        tenant_id: str,
+        name: str,
+        stable_version: int,
+        candidate_version: int,
+        *,
+        shadow_percent: float = 0.0,
+        canary_steps: Sequence[float] = DEFAULT_CANARY_STEPS,
+        step_seconds: float = DEFAULT_STEP_SECONDS,
+        min_requests: int = DEFAULT_MIN_REQUESTS,
+        error_rate_margin: float = DEFAULT_ERROR_RATE_MARGIN,
+        p95_latency_margin: float = DEFAULT_P95_LATENCY_MARGIN,
+        reason: str | None = None,
+    ) -> Rollout:
+        """Start rolling version `candidate_version` of the tenant's adapter `name` out over
+        `stable_version` (both ready; the adapter service checked them, not the model
+        registry), keyed `adapter:<tenant>/<name>`; RolloutConflictError when one runs.
+        No shadow phase by default: mirrored requests never carry an adapter."""
+        key = adapter_rollout_key(tenant_id, name)
+        parse_adapter_key(key)
+        now = self._clock()
+        plan = RolloutPlan(
+            model=key,
+            stable_ref=adapter_ref(tenant_id, name, stable_version),
+            candidate_ref=adapter_ref(tenant_id, name, candidate_version),
+            shadow_percent=shadow_percent,
+            canary_steps=tuple(canary_steps),
+            step_seconds=step_seconds,
+            min_requests=min_requests,
+            error_rate_margin=error_rate_margin,
+            p95_latency_margin=p95_latency_margin,
+        )
+        started = f"started: {plan.candidate_ref} over {plan.stable_ref}"
+        rollout = Rollout.start(plan, now, f"{started} ({reason})" if reason else started)
+        async with self._uow() as uow:
+            running = await uow.rollouts.active(key)
+            if running:
+                raise _already_running(running[0])
+            try:
+                await uow.rollouts.add(rollout, now)
+                await uow.commit()
+            except DuplicateRolloutError:
+                raise RolloutConflictError(f"{key} already has a running rollout") from None
+        self._install(rollout)
+        self._changed()
+        return rollout
+
     async def status(self, name: str) -> Rollout:
         """The model's running rollout, else its most recent one; NotFoundError if none."""
-        validate_name(name)
+        _validate_key(name)
         async with self._uow() as uow:
             found = await uow.rollouts.latest(name)
         if found is None:
@@ -278,7 +339,7 @@ class RolloutService:
     ) -> Rollout:
         """Apply `decision` to the model's running rollout in one transaction (with
         the version changes a finish makes); refused when it is not `expected` any more."""
-        validate_name(name)
+        _validate_key(name)
         async with self._uow() as uow:
             running = await uow.rollouts.active(name)
             if not running:
@@ -292,8 +353,11 @@ class RolloutService:
             if decision.action is Action.FINISH or (
                 decision.action is Action.ADVANCE and rollout.at_last_step
             ):
-                decision = await _finish_versions(uow, rollout, decision, now)
+                finish = _finish_adapter if is_adapter_key(name) else _finish_versions
+                decision = await finish(uow, rollout, decision, now)
             apply(rollout, decision, now)
+            if is_adapter_key(name) and rollout.phase is RolloutPhase.ROLLED_BACK:
+                await _roll_back_adapter(uow, rollout, decision, now)
             try:
                 await uow.rollouts.update(rollout, now)
             except StaleRolloutError:
@@ -368,6 +432,45 @@ async def _finish_versions(
         state = "gone" if stable is None else stable.status.value
         notes.append(f"{plan.stable_ref} left as it was ({state})")
     return Decision(Action.FINISH, f"{decision.reason}; {'; '.join(notes)}")
+
+
+async def _finish_adapter(
+    uow: RegistryUnitOfWork, rollout: Rollout, decision: Decision, now: datetime
+) -> Decision:
+    """Supersede the old stable adapter version (the candidate becomes the current one); a
+    candidate gone or not ready any more rolls the rollout back."""
+    plan = rollout.plan
+    tenant_id, name, version = parse_adapter_ref(plan.candidate_ref)
+    candidate = await uow.adapters.get_version(tenant_id, name, version)
+    if candidate is None or not candidate.is_routable:
+        state = "gone" if candidate is None else candidate.status.value
+        return Decision(Action.ROLLBACK, f"cannot finish: {plan.candidate_ref} is {state}")
+    notes = [f"{candidate.ref} is now current"]
+    for old in await uow.adapters.versions(tenant_id, name):
+        if old.version < candidate.version and old.superseded_at is None:
+            old.supersede(now)
+            await uow.adapters.update(old)
+            notes.append(f"{old.ref} superseded")
+    return Decision(Action.FINISH, f"{decision.reason}; {'; '.join(notes)}")
+
+
+async def _roll_back_adapter(
+    uow: RegistryUnitOfWork, rollout: Rollout, decision: Decision, now: datetime
+) -> None:
+    """The rolled-back candidate version: failed and superseded, the reason its report."""
+    tenant_id, name, version = parse_adapter_ref(rollout.plan.candidate_ref)
+    candidate = await uow.adapters.get_version(tenant_id, name, version)
+    if candidate is not None and candidate.status is not AdapterStatus.VALIDATING:
+        candidate.roll_back(f"rolled back: {decision.reason}", now)
+        await uow.adapters.update(candidate)
+
+
+def _validate_key(name: str) -> None:
+    """A model name, or an adapter's rollout key `adapter:<tenant>/<name>`."""
+    if is_adapter_key(name):
+        parse_adapter_key(name)
+    else:
+        validate_name(name)
 
 
 async def _get(uow: RegistryUnitOfWork, ref: str) -> ModelVersion | None:

@@ -1,7 +1,7 @@
 """SQLAlchemy Core tables `model_versions`, `tenant_adapters` and `rollouts` (the domain
 classes know nothing of them).
 
-Mirror migrations 0003, 0004 and 0005; a test checks that the migrated schema and these agree.
+Mirror migrations 0003, 0004, 0005 and 0006; a test checks that the migrated schema and these agree.
 One row per immutable `name@version` (the primary key); the file manifest and the
 runtimes are JSON. Timestamps are UTC-aware on every backend (`UtcDateTime`).
 """
@@ -59,8 +59,8 @@ model_versions = Table(
     Index("ix_model_versions_scope", "scope"),
 )
 
-# One row per uploaded adapter; (tenant_id, name) is unique, so of two concurrent uploads
-# with the same name exactly one is inserted.
+# One row per uploaded adapter version; (tenant_id, name, version) is unique, so of two
+# concurrent uploads of the same new version exactly one is inserted.
 tenant_adapters = Table(
     "tenant_adapters",
     metadata,
@@ -79,10 +79,12 @@ tenant_adapters = Table(
     Column("report", Text, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("superseded_at", UtcDateTime, nullable=True),
     CheckConstraint(
         "status IN ('validating', 'ready', 'failed')", name="ck_tenant_adapters_status"
     ),
-    UniqueConstraint("tenant_id", "name", name="uq_tenant_adapters_tenant_name"),
+    UniqueConstraint("tenant_id", "name", "version", name="uq_tenant_adapters_tenant_name_version"),
 )
 
 # One row per rollout; `active_model` is the model name while the rollout runs and NULL

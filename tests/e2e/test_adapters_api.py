@@ -26,6 +26,7 @@ from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.adapter_smoke import NO_CHANGE_REPORT, EngineSmokeTester
 from tenantserve.registry.artifact_cache import ArtifactCache
+from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tests.helpers.lora import set_adapter_config, write_random_adapter, zero_lora_b
 from tests.helpers.server import add_tenant
@@ -34,8 +35,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 BASE = "tiny-llama"
 ADAPTER_FIELDS = {
-    "id", "object", "name", "base_model", "status", "rank", "target_modules", "size_bytes",
-    "created_at", "report",
+    "id", "object", "name", "version", "base_model", "status", "rank", "target_modules",
+    "size_bytes", "created_at", "report",
 }  # fmt: skip
 
 
@@ -86,6 +87,7 @@ async def api(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
                 max_adapter_bytes=8 << 20,
                 max_lora_rank=16,
                 on_event=events.append,
+                rollouts=RolloutService(lambda: RegistryUnitOfWork(tenancy.db.sessionmaker)),
             )
             app = FastAPI()
             install_error_handlers(app)
@@ -132,11 +134,23 @@ async def test_an_upload_answers_201_ready_and_is_listed_read_and_deleted(api: A
         assert body["object"] == "adapter" and body["status"] == "ready"
         assert (body["name"], body["base_model"], body["rank"]) == ("bot", f"{BASE}@1.0.0", 4)
         assert body["target_modules"] == ["q_proj", "v_proj"] and body["report"] is None
-        assert (await http.get("/v1/adapters/bot")).json() == body
+        assert body["version"] == 1
+        one = (await http.get("/v1/adapters/bot")).json()
+        assert {k: v for k, v in one.items() if k != "versions"} == body
+        assert [(v["version"], v["id"]) for v in one["versions"]] == [(1, body["id"])]
         listed = (await http.get("/v1/adapters")).json()
         assert listed["object"] == "list" and body in listed["data"]
+        # A second upload is version 2, rolled out over version 1 (still the current one).
         again = await http.post("/v1/adapters", data={"name": "bot"}, files=_files(api.adapter_dir))
-        assert again.status_code == 409 and _error(again)["code"] == "adapter_exists"
+        assert again.status_code == 201 and again.json()["version"] == 2, again.text
+        one = (await http.get("/v1/adapters/bot")).json()
+        assert one["id"] == body["id"] and [v["version"] for v in one["versions"]] == [1, 2]
+        assert [a["version"] for a in (await http.get("/v1/adapters")).json()["data"]
+                if a["name"] == "bot"] == [1]  # fmt: skip
+        # While version 2 rolls out, another version is refused.
+        third = await http.post("/v1/adapters", data={"name": "bot"}, files=_files(api.adapter_dir))
+        assert third.status_code == 409 and _error(third)["code"] == "adapter_exists"
+        assert "rolled out" in _error(third)["message"]
         deleted = await http.delete("/v1/adapters/bot")
         assert deleted.status_code == 200 and deleted.json()["id"] == body["id"]
         gone = await http.get("/v1/adapters/bot")

@@ -38,8 +38,10 @@ from tenantserve.registry.adapters import (
 from tenantserve.registry.artifact_cache import ArtifactCache
 from tenantserve.registry.artifacts import LocalArtifactStore
 from tenantserve.registry.repository import DuplicateAdapterError
+from tenantserve.registry.rollout import RolloutPhase
+from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
-from tenantserve.registry.tables import model_versions, tenant_adapters
+from tenantserve.registry.tables import model_versions, rollouts, tenant_adapters
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 from tenantserve.storage.database import Database
 from tenantserve.storage.migrations import migrate
@@ -93,6 +95,7 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     async with db.engine.begin() as conn:
         await conn.execute(delete(tenant_adapters))
         await conn.execute(delete(model_versions))
+        await conn.execute(delete(rollouts))
     yield db
     await db.dispose()
 
@@ -420,10 +423,18 @@ async def test_concurrent_uploads_with_one_name_store_exactly_one_adapter(
     losers = [r for r in results if isinstance(r, BaseException)]
     assert len(winners) == 1 and winners[0].is_ready
     assert len(losers) == 2 and all(isinstance(e, AdapterExistsError) for e in losers)
-    assert await service.list(TENANT_A) == winners
-    with pytest.raises(AdapterExistsError, match="'bot' already exists \\(ready\\)"):
-        await _upload(service, _files(adapter_dir))
-    # The database is the arbiter: a second row with the same (tenant, name) never lands.
+    assert await service.list(TENANT_A) == winners and winners[0].version == 1
+    for loser in losers:
+        assert "'bot' already exists" in str(loser)
+    # Over a ready version, an upload makes the next one; without a rollout service it
+    # replaces the current one at once.
+    second = await _upload(service, _files(adapter_dir))
+    assert second.is_ready and second.version == 2
+    assert (await service.get(TENANT_A, "bot")).id == second.id
+    assert [
+        (v.version, v.superseded_at is not None) for v in await service.versions(TENANT_A, "bot")
+    ] == [(1, True), (2, False)]
+    # The database is the arbiter: a second row with the same version never lands.
     twin = replace(winners[0], id="adp_zzzzzzzzzzzzzzzz")
     async with RegistryUnitOfWork(database.sessionmaker) as uow:
         with pytest.raises(DuplicateAdapterError):
@@ -536,3 +547,101 @@ async def test_an_upload_cut_off_while_validating_is_failed_at_the_next_start(
     failed = await service.get(TENANT_A, "bot")
     assert failed.status is AdapterStatus.FAILED and "interrupted" in (failed.report or "")
     assert await service.resolve(TENANT_A, "bot") is None
+
+
+KEY_A = f"adapter:{TENANT_A.tenant_id}/bot"
+
+
+def _with_rollouts(service: AdapterService, database: Database, **options: Any) -> RolloutService:
+    service.rollouts = RolloutService(lambda: RegistryUnitOfWork(database.sessionmaker))
+    service.rollout_options = options
+    return service.rollouts
+
+
+async def test_a_new_version_rolls_out_over_the_current_one_and_replaces_it_when_done(
+    service: AdapterService, adapter_dir: Path, database: Database
+) -> None:
+    rollouts = _with_rollouts(service, database)
+    first = await _upload(service, _files(adapter_dir))
+    assert first.version == 1 and await rollouts.list_active() == []
+    second = await _upload(service, _files(adapter_dir))
+    assert second.is_ready and second.version == 2 and second.id != first.id
+    assert second.artifact_uri != first.artifact_uri  # same content, own files
+    [rollout] = await rollouts.list_active()
+    assert rollout.model == KEY_A and rollout.phase is RolloutPhase.CANARY
+    assert (rollout.plan.stable_ref, rollout.plan.candidate_ref) == (first.ref, second.ref)
+    # Until the rollout finishes the stable version is the current one.
+    assert (await service.get(TENANT_A, "bot")).id == first.id
+    assert (await service.resolve(TENANT_A, "bot")).id == first.id  # type: ignore[union-attr]
+    assert (await service.resolve_version(TENANT_A, "bot", 2)).id == second.id  # type: ignore[union-attr]
+    assert await service.resolve_version(TENANT_B, "bot", 2) is None
+    assert {rollouts.route(KEY_A, f"req-{i}") for i in range(2000)} == {first.ref, second.ref}
+    with pytest.raises(AdapterExistsError, match="being rolled out"):
+        await _upload(service, _files(adapter_dir))
+    for _ in rollout.plan.canary_steps:
+        done = await rollouts.promote(KEY_A, "looks fine")
+    assert done.phase is RolloutPhase.DONE
+    assert f"{first.ref} superseded" in done.history[-1].reason
+    assert (await service.resolve(TENANT_A, "bot")).id == second.id  # type: ignore[union-attr]
+    [old, new] = await service.versions(TENANT_A, "bot")
+    assert old.superseded_at is not None and new.superseded_at is None
+    assert [a.id for a in await service.list(TENANT_A)] == [second.id]
+    assert await service.resolve(TENANT_B, "bot") is None
+    third = await _upload(service, _files(adapter_dir))
+    assert third.version == 3
+    [rollout] = await rollouts.list_active()
+    assert rollout.plan.stable_ref == second.ref
+
+
+async def test_a_regressing_version_is_rolled_back_and_the_stable_one_keeps_serving(
+    service: AdapterService, adapter_dir: Path, database: Database
+) -> None:
+    rollouts = _with_rollouts(service, database, min_requests=5, step_seconds=0.0)
+    first = await _upload(service, _files(adapter_dir))
+    second = await _upload(service, _files(adapter_dir))
+    for _ in range(10):
+        rollouts.observe(first.ref, 0.1, error=False)
+        rollouts.observe(second.ref, 0.1, error=True)
+    [rolled_back] = await rollouts.tick()
+    assert rolled_back.phase is RolloutPhase.ROLLED_BACK
+    assert "error rate" in rolled_back.history[-1].reason
+    failed = (await service.versions(TENANT_A, "bot"))[1]
+    assert failed.id == second.id and failed.status is AdapterStatus.FAILED
+    assert failed.superseded_at is not None and "error rate" in (failed.report or "")
+    assert (await service.resolve(TENANT_A, "bot")).id == first.id  # type: ignore[union-attr]
+    assert await service.resolve_version(TENANT_A, "bot", 2) is None
+    # The next upload is version 3, rolled out over version 1 again.
+    third = await _upload(service, _files(adapter_dir))
+    [rollout] = await rollouts.list_active()
+    assert (rollout.plan.stable_ref, rollout.plan.candidate_ref) == (first.ref, third.ref)
+
+
+async def test_deleting_an_adapter_removes_every_version_and_stops_its_rollout(
+    service: AdapterService, store: LocalArtifactStore, adapter_dir: Path, database: Database
+) -> None:
+    rollouts = _with_rollouts(service, database)
+    first = await _upload(service, _files(adapter_dir))
+    second = await _upload(service, _files(adapter_dir))
+    assert (await service.delete(TENANT_A, "bot")).id == first.id
+    assert await rollouts.list_active() == []
+    assert (await rollouts.status(KEY_A)).phase is RolloutPhase.ROLLED_BACK
+    with pytest.raises(NotFoundError):
+        await service.versions(TENANT_A, "bot")
+    for gone in (first, second):
+        assert not (store.root / store.key_of(gone.artifact_uri)).exists()
+    assert (await _upload(service, _files(adapter_dir))).version == 1
+
+
+async def test_an_upload_while_the_newest_version_validates_is_refused(
+    make_service: Callable[..., AdapterService], adapter_dir: Path
+) -> None:
+    hanging = _HangingSmoke()
+    upload = asyncio.create_task(_upload(make_service(hanging), _files(adapter_dir)))
+    await asyncio.wait_for(hanging.started.wait(), 30)
+    try:
+        with pytest.raises(AdapterExistsError, match=r"\(validating\)"):
+            await _upload(make_service(), _files(adapter_dir))
+    finally:
+        upload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await upload

@@ -103,8 +103,8 @@ def _schema_differences(conn: Connection) -> list[object]:
 async def test_migrations_build_the_registry_tables_matching_the_code(
     database: Database,
 ) -> None:
-    assert head_revision() == "0005"
-    assert await current_revision(database.url) == "0005"
+    assert head_revision() == "0006"
+    assert await current_revision(database.url) == "0006"
     async with database.engine.connect() as conn:
         assert await conn.run_sync(_schema_differences) == []
 

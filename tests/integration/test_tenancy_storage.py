@@ -116,7 +116,7 @@ async def test_migrations_build_the_schema_from_an_empty_database(empty_url: str
     assert await current_revision(empty_url) is None
     await migrate(empty_url)
     await migrate(empty_url)  # a second run is a no-op
-    assert await current_revision(empty_url) == head_revision() == "0005"
+    assert await current_revision(empty_url) == head_revision() == "0006"
     db = Database(empty_url)
     try:
         async with db.engine.connect() as conn:
