@@ -174,12 +174,12 @@ class Dispatcher:
     ) -> None:
         self.resolver = resolver
         self.rollouts = rollouts
+        self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
         self.shadow = (
-            ShadowMirror(rollouts, resolver)
+            ShadowMirror(rollouts, resolver, self.pools)
             if rollouts is not None and resolver is not None
             else None
         )
-        self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
         self.catalog = catalog
         self.limiter = limiter
         self.policy = policy
@@ -262,7 +262,7 @@ class Dispatcher:
     ) -> None:
         """Send a copy of a finished, non-streamed request to its model's rollout candidate
         when the rollout shadows this request id (`gateway/shadow.py`)."""
-        if self.shadow is None or admission.lora is not None or stable_text is None:
+        if self.shadow is None or stable_text is None:
             return
         target = self.shadow.target(admission.served_ref, admission.request_id)
         if target is None:
@@ -270,7 +270,7 @@ class Dispatcher:
         self.shadow.mirror(
             target,
             admission.request_id,
-            admission.ctx.tenant_id,
+            admission.ctx,
             json.loads(raw),
             prompt,
             sampling_for(admission, body),

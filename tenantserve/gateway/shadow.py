@@ -6,7 +6,9 @@ version answered (for greedy requests, where outputs are comparable).
 Mirrors never delay or change the tenant's answer: they start after it is complete, run
 in the background at the lowest tier, count against no tenant's limits or quotas, keep
 the tenant's own prefix-cache salt (nothing crosses tenants), and are dropped when
-`max_in_flight` mirrors are already running. Streamed requests are not mirrored.
+`max_in_flight` mirrors are already running. Streamed requests are not mirrored. A new
+version of a tenant's adapter is shadowed the same way: the mirror runs the request with
+the candidate version's files, for that tenant only.
 """
 
 from __future__ import annotations
@@ -15,14 +17,16 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantserve.engine.request import EngineRequest, SamplingParams
-from tenantserve.gateway.pools import EnginePool, UpstreamPool
+from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
+from tenantserve.gateway.pools import EnginePool, Pool, UpstreamPool
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.streaming import Generation
+from tenantserve.registry.adapters import is_adapter_key, parse_adapter_ref
 from tenantserve.registry.rollout_service import RolloutService
+from tenantserve.tenancy.model import TenantContext
 from tenantserve.tiers import Tier
 
 logger = logging.getLogger(__name__)
@@ -35,10 +39,12 @@ class ShadowMirror:
         self,
         rollouts: RolloutService,
         resolver: ModelResolver,
+        pools: Mapping[str, Pool],
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self.rollouts = rollouts
         self.resolver = resolver
+        self.pools = pools
         self.max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped = 0
@@ -54,23 +60,21 @@ class ShadowMirror:
         self,
         target: str,
         request_id: str,
-        tenant_id: str,
+        ctx: TenantContext,
         payload: dict[str, Any],
         prompt: Sequence[int] | None,
         sampling: SamplingParams,
         path: str,
         stable_text: str,
     ) -> None:
-        """Start one mirror in the background (or drop it when too many run)."""
-        pool = self.resolver.pool_of(target)
-        if pool is None:
-            return
+        """Start one mirror in the background (or drop it when too many run). `target` is
+        a model version, or a version of the caller's adapter (`adapter:<tenant>/...`)."""
         if len(self._tasks) >= self.max_in_flight:
             self.dropped += 1
             return
         comparable = sampling.temperature == 0 or sampling.seed is not None
         work = self._run(
-            pool, target, request_id, tenant_id, payload, prompt, sampling, path,
+            target, request_id, ctx, payload, prompt, sampling, path,
             stable_text if comparable else None,
         )  # fmt: skip
         task = asyncio.create_task(work)
@@ -82,18 +86,38 @@ class ShadowMirror:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def _target(
+        self, target: str, ctx: TenantContext
+    ) -> tuple[EnginePool | UpstreamPool, LoraRef | None] | None:
+        """The pool (and adapter files) serving `target`, or None."""
+        if not is_adapter_key(target):
+            pool = self.resolver.pool_of(target)
+            return None if pool is None else (pool, None)
+        tenant_id, name, version = parse_adapter_ref(target)
+        if tenant_id != ctx.tenant_id:  # never: the key holds the caller's tenant id
+            return None
+        resolved = await self.resolver.resolve_adapter_version(ctx, name, version)
+        if resolved is None or resolved.lora is None:
+            return None
+        adapter_pool = self.pools.get(resolved.route.pool)
+        return None if adapter_pool is None else (adapter_pool, resolved.lora)
+
     async def _run(
         self,
-        pool: EnginePool | UpstreamPool,
         target: str,
         request_id: str,
-        tenant_id: str,
+        ctx: TenantContext,
         payload: dict[str, Any],
         prompt: Sequence[int] | None,
         sampling: SamplingParams,
         path: str,
         stable_text: str | None,
     ) -> None:
+        found = await self._target(target, ctx)
+        if found is None:
+            return
+        pool, lora = found
+        tenant_id = ctx.tenant_id
         shadow_id = f"{request_id}-shadow"
         started = time.perf_counter()
         text: str | None = None
@@ -107,6 +131,7 @@ class ShadowMirror:
                     sampling=sampling,
                     tenant_id=tenant_id,
                     tier=Tier.FREE,
+                    lora=lora,
                     cache_salt=tenant_id,
                 )
                 generation = await Generation.start(pool.engine, request)

@@ -187,7 +187,7 @@ class RolloutService:
         stable_version: int,
         candidate_version: int,
         *,
-        shadow_percent: float = 0.0,
+        shadow_percent: float = DEFAULT_SHADOW_PERCENT,
         canary_steps: Sequence[float] = DEFAULT_CANARY_STEPS,
         step_seconds: float = DEFAULT_STEP_SECONDS,
         min_requests: int = DEFAULT_MIN_REQUESTS,
@@ -198,7 +198,8 @@ class RolloutService:
         """Start rolling version `candidate_version` of the tenant's adapter `name` out over
         `stable_version` (both ready; the adapter service checked them, not the model
         registry), keyed `adapter:<tenant>/<name>`; RolloutConflictError when one runs.
-        No shadow phase by default: mirrored requests never carry an adapter."""
+        Shadow first, like a model version: mirrored requests run with the candidate's
+        files, for this tenant only."""
         key = adapter_rollout_key(tenant_id, name)
         parse_adapter_key(key)
         now = self._clock()

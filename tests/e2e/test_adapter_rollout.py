@@ -6,6 +6,7 @@ reaches either version."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,7 +75,7 @@ async def test_a_new_adapter_version_is_canaried_by_request_id_then_becomes_curr
     rollouts = _owner(running, RolloutRoutes).rollouts
     adapters: AdapterService = _owner(running, AdapterRoutes).service
     assert adapters.rollouts is rollouts  # wired by the composition root
-    adapters.rollout_options = {"canary_steps": (50.0, 100.0)}
+    adapters.rollout_options = {"canary_steps": (50.0, 100.0), "shadow_percent": 0.0}
     key = f"adapter:{running.acme.id}/{NAME}"
 
     first = await _upload(running, v1_dir)
@@ -131,3 +132,37 @@ def _route(rollouts: RolloutService, key: str, request_id: str) -> str:
     ref = rollouts.route(key, request_id)
     assert ref is not None
     return ref
+
+
+async def test_a_new_adapter_version_is_shadowed_first_and_only_measured(
+    running: Running, tmp_path: Path
+) -> None:
+    model_dir = running.service.settings.model_dir
+    assert model_dir is not None
+    v1_dir = write_random_adapter(model_dir, tmp_path / "v1", 8, "all-linear", seed=3, b_std=1.0)
+    v2_dir = write_random_adapter(model_dir, tmp_path / "v2", 8, "all-linear", seed=5, b_std=1.0)
+    rollouts = _owner(running, RolloutRoutes).rollouts
+    adapters: AdapterService = _owner(running, AdapterRoutes).service
+    adapters.rollout_options = {"canary_steps": (50.0, 100.0), "shadow_percent": 100.0}
+    key = f"adapter:{running.acme.id}/{NAME}"
+    assert (await _upload(running, v1_dir)).status_code == 201
+    _, v1_answer = await _greedy(running)
+    assert (await _upload(running, v2_dir)).json()["version"] == 2
+    async with running.admin() as admin:
+        rollout = (await admin.get(f"/admin/rollouts/{key}")).json()
+    assert rollout["phase"] == "shadow"
+
+    # Tenants get version 1's answers; every request is also run on version 2 and counted.
+    answers = {(await _greedy(running))[1] for _ in range(6)}
+    assert answers == {v1_answer}
+    async with asyncio.timeout(20):
+        while True:
+            stats = rollouts.stats(key)
+            if stats is not None and stats.candidate.requests >= 6:
+                break
+            await asyncio.sleep(0.05)
+    assert stats.candidate.errors == 0 and stats.candidate.divergences >= 1
+    with pytest.raises(openai.NotFoundError):
+        await _greedy(running, running.globex.key)
+    async with running.http() as http:
+        assert (await http.delete(f"/v1/adapters/{NAME}")).status_code == 200

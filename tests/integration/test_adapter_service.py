@@ -568,8 +568,19 @@ async def test_a_new_version_rolls_out_over_the_current_one_and_replaces_it_when
     assert second.is_ready and second.version == 2 and second.id != first.id
     assert second.artifact_uri != first.artifact_uri  # same content, own files
     [rollout] = await rollouts.list_active()
-    assert rollout.model == KEY_A and rollout.phase is RolloutPhase.CANARY
+    # Shadow first, like a model version: all requests still go to the stable version.
+    assert rollout.model == KEY_A and rollout.phase is RolloutPhase.SHADOW
     assert (rollout.plan.stable_ref, rollout.plan.candidate_ref) == (first.ref, second.ref)
+    assert {rollouts.route(KEY_A, f"req-{i}") for i in range(200)} == {first.ref}
+    assert (
+        rollouts.shadow_target(
+            KEY_A,
+            next(f"req-{i}" for i in range(1000) if rollouts.shadow_target(KEY_A, f"req-{i}")),
+        )
+        == second.ref
+    )
+    rollout = await rollouts.promote(KEY_A, "the shadow looks fine")
+    assert rollout.phase is RolloutPhase.CANARY
     # Until the rollout finishes the stable version is the current one.
     assert (await service.get(TENANT_A, "bot")).id == first.id
     assert (await service.resolve(TENANT_A, "bot")).id == first.id  # type: ignore[union-attr]
