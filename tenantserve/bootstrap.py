@@ -53,6 +53,7 @@ from tenantserve.registry.default_model import (
     DEFAULT_MODEL_REGISTRY_NAME,
     register_default_model,
 )
+from tenantserve.registry.model_smoke import ModelSmokeTester
 from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
@@ -249,13 +250,16 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s)
     engine_pool = next((p for p in pools if isinstance(p, EnginePool)), None)
     served: dict[str, EnginePool] = {}  # registry ref -> engine pool, filled at start-up
+    artifact_cache = ArtifactCache(tenancy.registry.store, settings.data_dir / "cache")
     rollouts = RolloutService(
-        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker), on_change=resolver.invalidate
+        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
+        on_change=resolver.invalidate,
+        smoke_test=ModelSmokeTester(artifact_cache).run,
     )
     adapters = AdapterService(
         lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
         tenancy.registry,
-        ArtifactCache(tenancy.registry.store, settings.data_dir / "cache"),
+        artifact_cache,
         EngineSmokeTester(lambda ref: served[ref].engine if ref in served else None),
         settings.data_dir / "adapters",
         max_adapter_bytes=settings.max_adapter_bytes,

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from tenantserve.errors import InvalidRequestError, NotFoundError
+from tenantserve.registry.adapter_smoke import SmokeReport
 from tenantserve.registry.adapters import (
     AdapterStatus,
     adapter_ref,
@@ -114,10 +115,13 @@ class RolloutService:
         clock: Callable[[], datetime] = utc_now,
         golden_set: GoldenSetEval | None = None,
         on_change: Callable[[], None] | None = None,
+        smoke_test: Callable[[ModelVersion], Awaitable[SmokeReport]] | None = None,
     ) -> None:
         self._uow = uow_factory
         self._clock = clock
         self._golden_set = golden_set
+        # Run on a model version before its rollout starts (`model_smoke.py`).
+        self._smoke_test = smoke_test
         self._on_change = on_change
         self._live: dict[str, _Live] = {}
         # observe() may be called from other threads than the event loop's.
@@ -145,6 +149,12 @@ class RolloutService:
         ref = _candidate_ref(name, candidate)
         if require_golden_set and self._golden_set is None:
             raise InvalidRequestError("no golden-set eval is configured on this server")
+        if self._smoke_test is not None:
+            async with self._uow() as uow:
+                target = _pick_candidate(await uow.models.list(name), ref)
+            verdict = await self._smoke_test(target)
+            if not verdict.ok:
+                raise InvalidRequestError(f"{target.ref} failed its smoke test: {verdict.report}")
         now = self._clock()
         async with self._uow() as uow:
             running = await uow.rollouts.active(name)

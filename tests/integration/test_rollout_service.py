@@ -14,8 +14,10 @@ import pytest
 from sqlalchemy import delete
 
 from tenantserve.errors import InvalidRequestError, NotFoundError
+from tenantserve.registry.artifact_cache import ArtifactCache
 from tenantserve.registry.artifacts import LocalArtifactStore
 from tenantserve.registry.model import ModelStatus, earliest_end_date
+from tenantserve.registry.model_smoke import ModelSmokeTester
 from tenantserve.registry.repository import DuplicateRolloutError
 from tenantserve.registry.rollout import (
     GateResult,
@@ -262,3 +264,16 @@ async def test_another_process_sees_a_rollout_after_its_tick(
     await rollouts_service.rollback("llama")
     await other.tick()
     assert other.route("llama", "r") is None
+
+
+async def test_a_candidate_that_fails_its_smoke_test_does_not_start(
+    database: Database, clock: Clock, registry: RegistryService, tmp_path: Path
+) -> None:
+    # llama@1.1.0's "weights" are 500 bytes of text: no engine can load them.
+    smoke = ModelSmokeTester(ArtifactCache(registry.store, tmp_path / "cache"), timeout_s=120)
+    service = RolloutService(
+        lambda: RegistryUnitOfWork(database.sessionmaker), clock=clock, smoke_test=smoke.run
+    )
+    with pytest.raises(InvalidRequestError, match=r"llama@1\.1\.0 failed its smoke test"):
+        await service.start("llama", "1.1.0")
+    assert await service.list_active() == []
