@@ -124,3 +124,32 @@ async def test_api_mode_reports_bad_input_unknown_ids_and_a_wrong_admin_token(
     assert refused.exit_code == 1
     assert "--admin-token" in refused.stderr
     assert "\n" not in refused.stderr.strip()
+
+
+async def test_api_mode_registers_lists_deprecates_and_archives_model_versions(
+    server: Server, tiny_model_dir: Path
+) -> None:
+    # The server registered its own model at start; the CLI sees it through the API.
+    listed = await server.ok("model", "list")
+    [served] = [v for v in listed if v["version"] == "1.0.0"]
+    name = served["name"]
+    registered = await server.ok(
+        "model", "register", str(tiny_model_dir), "--name", "cli-model", "--version", "1.0.0"
+    )
+    assert (registered["name"], registered["status"]) == ("cli-model", "active")
+    again = await server.ok(
+        "model", "register", str(tiny_model_dir), "--name", "cli-model", "--version", "1.0.0"
+    )
+    assert again["digest"] == registered["digest"]  # identical content: a no-op
+    assert {v["name"] for v in await server.direct("model", "list")} >= {name, "cli-model"}
+
+    too_soon = await server.cli("model", "deprecate", "cli-model@1.0.0", "--end-date", "2020-01-01")
+    assert too_soon.exit_code == 2 and "90 days" in too_soon.output
+    deprecated = await server.ok(
+        "model", "deprecate", "cli-model@1.0.0", "--end-date", "2099-01-01"
+    )
+    assert deprecated["status"] == "deprecated"
+    archived = await server.ok("model", "archive", "cli-model@1.0.0")
+    assert archived["status"] == "archived"
+    wrong = await server.cli("model", "list", admin_token="tsadm-wrong")
+    assert wrong.exit_code == 1
