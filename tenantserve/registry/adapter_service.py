@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import shutil
-import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any
 
 from tenantserve.engine.lora_files import CONFIG_FILE, WEIGHTS_FILE, read_adapter
 from tenantserve.engine.models.checkpoint import read_config
@@ -56,6 +54,12 @@ from tenantserve.errors import (
     PermissionDeniedError,
 )
 from tenantserve.registry.adapter_smoke import SmokeReport, SmokeTester
+from tenantserve.registry.adapter_upload import (
+    UploadPart,
+    check_safetensors_header,
+    read_config_json,
+    receive_upload,
+)
 from tenantserve.registry.adapters import (
     Adapter,
     AdapterExistsError,
@@ -65,7 +69,6 @@ from tenantserve.registry.adapters import (
     new_adapter_id,
     validate_adapter_name,
 )
-from tenantserve.registry.archive import copy_limited, extract_adapter_archive, refuse_pickle
 from tenantserve.registry.artifact_cache import ArtifactCache
 from tenantserve.registry.artifacts import (
     ArtifactIntegrityError,
@@ -83,24 +86,11 @@ from tenantserve.tenancy.model import TenantContext
 
 logger = logging.getLogger(__name__)
 
-ARCHIVE_FIELD = "archive"
-ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
-MAX_CONFIG_BYTES = 1 << 20
-MAX_SAFETENSORS_HEADER_BYTES = 8 << 20
 FAILED_EVENT = "adapter_failed"
 INTERNAL_FAILURE_REPORT = "the upload could not be completed (internal error); upload it again"
 
 # on_event(kind, tenant_id, details): the operator's event log (`EventLog.append`).
 OnEvent = Callable[[str, str | None, Mapping[str, Any]], object]
-
-
-class UploadPart(NamedTuple):
-    """One file field of an upload: its form field name, the client's file name, its bytes
-    (a file object read in chunks on a worker thread)."""
-
-    field: str
-    filename: str | None
-    stream: IO[bytes]
 
 
 @dataclass(frozen=True)
@@ -184,7 +174,7 @@ class AdapterService:
         files_dir = tmp / "files"
         await asyncio.to_thread(files_dir.mkdir, parents=True)
         try:
-            await asyncio.to_thread(self._receive, parts, tmp, files_dir)
+            await asyncio.to_thread(receive_upload, parts, tmp, files_dir, self.max_adapter_bytes)
             checked = await self._check(ctx, files_dir, base_model)
             adapter = await self._record(ctx.tenant_id, name, version, checked)
             stored = await self._store_and_test(adapter, checked, files_dir)
@@ -348,41 +338,9 @@ class AdapterService:
                     await uow.adapters.update(old)
             await uow.commit()
 
-    def _receive(self, parts: Sequence[UploadPart], tmp: Path, files_dir: Path) -> None:
-        """Stream the parts to disk under the byte limit, unpacking an archive (blocking)."""
-        fields = [p.field for p in parts]
-        for part in parts:
-            refuse_pickle(part.field)
-            refuse_pickle(part.filename or "")
-            if part.field not in (*ADAPTER_FILES, ARCHIVE_FIELD):
-                raise InvalidRequestError(
-                    f"unexpected file field {part.field!r}: send {CONFIG_FILE} and "
-                    f"{WEIGHTS_FILE}, or one {ARCHIVE_FIELD}"
-                )
-            if fields.count(part.field) > 1:
-                raise InvalidRequestError(f"file field {part.field!r} is sent twice")
-        if ARCHIVE_FIELD in fields:
-            if len(parts) > 1:
-                raise InvalidRequestError(f"send either one {ARCHIVE_FIELD} or the files, not both")
-            archive = tmp / "upload.archive"
-            too_large = f"the archive is above the adapter size limit of {self.max_adapter_bytes}"
-            copy_limited(parts[0].stream, archive, self.max_adapter_bytes, too_large + " bytes")
-            extract_adapter_archive(archive, files_dir, self.max_adapter_bytes)
-            return
-        missing = [f for f in ADAPTER_FILES if f not in fields]
-        if missing:
-            raise InvalidRequestError(
-                f"the upload has no {' and no '.join(missing)} (send both files, or one "
-                f"{ARCHIVE_FIELD}: a .tar.gz or .zip holding them)"
-            )
-        budget = self.max_adapter_bytes
-        for part in parts:
-            what = f"the upload is above the adapter size limit of {self.max_adapter_bytes} bytes"
-            budget -= copy_limited(part.stream, files_dir / part.field, budget, what)
-
     async def _check(self, ctx: TenantContext, files_dir: Path, base_model: str | None) -> _Checked:
-        config = await asyncio.to_thread(_read_config_json, files_dir / CONFIG_FILE)
-        await asyncio.to_thread(_check_safetensors_header, files_dir / WEIGHTS_FILE)
+        config = await asyncio.to_thread(read_config_json, files_dir / CONFIG_FILE)
+        await asyncio.to_thread(check_safetensors_header, files_dir / WEIGHTS_FILE)
         base = await self._base_model(ctx, base_model or config.get("base_model_name_or_path"))
         base_dir = await self._cache.pull(base)
         model_cfg = await asyncio.to_thread(_model_config, base_dir, base.ref)
@@ -499,42 +457,6 @@ def _exists(name: str, status: AdapterStatus | None, version: int = 1) -> Adapte
     return AdapterExistsError(
         f"adapter {name!r}{at} already exists (another upload made it first); upload again"
     )
-
-
-def _read_config_json(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise AdapterError(f"{CONFIG_FILE} is {size} bytes; at most {MAX_CONFIG_BYTES} allowed")
-    try:
-        raw = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdapterError(f"{CONFIG_FILE}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise AdapterError(f"{CONFIG_FILE}: expected a JSON object")
-    return raw
-
-
-def _check_safetensors_header(path: Path) -> None:
-    """The 8-byte header length and the JSON header it announces fit the file and the limit
-    (the safetensors reader checks the rest)."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(9)
-    if len(prefix) < 9:
-        raise AdapterError(f"{WEIGHTS_FILE} is truncated ({size} bytes)")
-    (header_bytes,) = struct.unpack("<Q", prefix[:8])
-    if prefix[8:9] != b"{":
-        raise AdapterError(f"{WEIGHTS_FILE} is not a safetensors file")
-    if header_bytes > MAX_SAFETENSORS_HEADER_BYTES:
-        raise AdapterError(
-            f"{WEIGHTS_FILE}: its header is {header_bytes} bytes, above the limit of "
-            f"{MAX_SAFETENSORS_HEADER_BYTES}"
-        )
-    if 8 + header_bytes > size:
-        raise AdapterError(
-            f"{WEIGHTS_FILE} is truncated: its header needs {8 + header_bytes} bytes, the file "
-            f"has {size}"
-        )
 
 
 def _model_config(base_dir: Path, ref: str) -> LlamaConfig:

@@ -31,20 +31,14 @@ from typing import NamedTuple
 from tenantserve.errors import InvalidRequestError, NotFoundError
 from tenantserve.registry.adapter_smoke import SmokeReport
 from tenantserve.registry.adapters import (
-    AdapterStatus,
     adapter_ref,
     adapter_rollout_key,
     is_adapter_key,
     parse_adapter_key,
-    parse_adapter_ref,
 )
 from tenantserve.registry.model import (
-    ModelRef,
-    ModelStatus,
     ModelVersion,
-    earliest_end_date,
     validate_name,
-    version_key,
 )
 from tenantserve.registry.repository import DuplicateRolloutError, StaleRolloutError
 from tenantserve.registry.rollout import (
@@ -65,6 +59,15 @@ from tenantserve.registry.rollout import (
     evaluate,
     route,
     shadow,
+)
+from tenantserve.registry.rollout_versions import (
+    candidate_ref,
+    finish_adapter,
+    finish_versions,
+    pick_candidate,
+    pick_stable,
+    roll_back_adapter,
+    validate_key,
 )
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
 
@@ -146,12 +149,12 @@ class RolloutService:
         deprecated or archived, newer than the stable one) out over the model's newest
         active public version; RolloutConflictError when the model already has one."""
         validate_name(name)
-        ref = _candidate_ref(name, candidate)
+        ref = candidate_ref(name, candidate)
         if require_golden_set and self._golden_set is None:
             raise InvalidRequestError("no golden-set eval is configured on this server")
         if self._smoke_test is not None:
             async with self._uow() as uow:
-                target = _pick_candidate(await uow.models.list(name), ref)
+                target = pick_candidate(await uow.models.list(name), ref)
             verdict = await self._smoke_test(target)
             if not verdict.ok:
                 raise InvalidRequestError(f"{target.ref} failed its smoke test: {verdict.report}")
@@ -161,8 +164,8 @@ class RolloutService:
             if running:
                 raise _already_running(running[0])
             versions = await uow.models.list(name)
-            target = _pick_candidate(versions, ref)
-            stable = _pick_stable(versions, target)
+            target = pick_candidate(versions, ref)
+            stable = pick_stable(versions, target)
             plan = RolloutPlan(
                 model=name,
                 stable_ref=stable.ref,
@@ -241,7 +244,7 @@ class RolloutService:
 
     async def status(self, name: str) -> Rollout:
         """The model's running rollout, else its most recent one; NotFoundError if none."""
-        _validate_key(name)
+        validate_key(name)
         async with self._uow() as uow:
             found = await uow.rollouts.latest(name)
         if found is None:
@@ -350,7 +353,7 @@ class RolloutService:
     ) -> Rollout:
         """Apply `decision` to the model's running rollout in one transaction (with
         the version changes a finish makes); refused when it is not `expected` any more."""
-        _validate_key(name)
+        validate_key(name)
         async with self._uow() as uow:
             running = await uow.rollouts.active(name)
             if not running:
@@ -364,11 +367,11 @@ class RolloutService:
             if decision.action is Action.FINISH or (
                 decision.action is Action.ADVANCE and rollout.at_last_step
             ):
-                finish = _finish_adapter if is_adapter_key(name) else _finish_versions
+                finish = finish_adapter if is_adapter_key(name) else finish_versions
                 decision = await finish(uow, rollout, decision, now)
             apply(rollout, decision, now)
             if is_adapter_key(name) and rollout.phase is RolloutPhase.ROLLED_BACK:
-                await _roll_back_adapter(uow, rollout, decision, now)
+                await roll_back_adapter(uow, rollout, decision, now)
             try:
                 await uow.rollouts.update(rollout, now)
             except StaleRolloutError:
@@ -415,119 +418,6 @@ class RolloutService:
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
-
-
-async def _finish_versions(
-    uow: RegistryUnitOfWork, rollout: Rollout, decision: Decision, now: datetime
-) -> Decision:
-    """Make the candidate the served version and deprecate the old stable one, naming the
-    candidate; a candidate deprecated or archived meanwhile rolls the rollout back."""
-    plan = rollout.plan
-    candidate = await _get(uow, plan.candidate_ref)
-    if candidate is None or candidate.status not in (ModelStatus.ACTIVE, ModelStatus.CANARY):
-        state = "gone" if candidate is None else candidate.status.value
-        return Decision(Action.ROLLBACK, f"cannot finish: {plan.candidate_ref} is {state}")
-    notes: list[str] = []
-    if candidate.status is ModelStatus.CANARY:
-        # ModelVersion has no canary → active transition of its own yet; this is it.
-        candidate.status = ModelStatus.ACTIVE
-        await uow.models.update(candidate, now)
-        notes.append(f"{candidate.ref} is now active")
-    stable = await _get(uow, plan.stable_ref)
-    if stable is not None and stable.status is ModelStatus.ACTIVE:
-        end_date = earliest_end_date(now)
-        stable.deprecate(end_date, now, candidate)
-        await uow.models.update(stable, now)
-        notes.append(f"{stable.ref} deprecated until {end_date.isoformat()}")
-    else:
-        state = "gone" if stable is None else stable.status.value
-        notes.append(f"{plan.stable_ref} left as it was ({state})")
-    return Decision(Action.FINISH, f"{decision.reason}; {'; '.join(notes)}")
-
-
-async def _finish_adapter(
-    uow: RegistryUnitOfWork, rollout: Rollout, decision: Decision, now: datetime
-) -> Decision:
-    """Supersede the old stable adapter version (the candidate becomes the current one); a
-    candidate gone or not ready any more rolls the rollout back."""
-    plan = rollout.plan
-    tenant_id, name, version = parse_adapter_ref(plan.candidate_ref)
-    candidate = await uow.adapters.get_version(tenant_id, name, version)
-    if candidate is None or not candidate.is_routable:
-        state = "gone" if candidate is None else candidate.status.value
-        return Decision(Action.ROLLBACK, f"cannot finish: {plan.candidate_ref} is {state}")
-    notes = [f"{candidate.ref} is now current"]
-    for old in await uow.adapters.versions(tenant_id, name):
-        if old.version < candidate.version and old.superseded_at is None:
-            old.supersede(now)
-            await uow.adapters.update(old)
-            notes.append(f"{old.ref} superseded")
-    return Decision(Action.FINISH, f"{decision.reason}; {'; '.join(notes)}")
-
-
-async def _roll_back_adapter(
-    uow: RegistryUnitOfWork, rollout: Rollout, decision: Decision, now: datetime
-) -> None:
-    """The rolled-back candidate version: failed and superseded, the reason its report."""
-    tenant_id, name, version = parse_adapter_ref(rollout.plan.candidate_ref)
-    candidate = await uow.adapters.get_version(tenant_id, name, version)
-    if candidate is not None and candidate.status is not AdapterStatus.VALIDATING:
-        candidate.roll_back(f"rolled back: {decision.reason}", now)
-        await uow.adapters.update(candidate)
-
-
-def _validate_key(name: str) -> None:
-    """A model name, or an adapter's rollout key `adapter:<tenant>/<name>`."""
-    if is_adapter_key(name):
-        parse_adapter_key(name)
-    else:
-        validate_name(name)
-
-
-async def _get(uow: RegistryUnitOfWork, ref: str) -> ModelVersion | None:
-    parsed = ModelRef.parse(ref)
-    assert parsed.version is not None
-    return await uow.models.get(parsed.name, parsed.version)
-
-
-def _candidate_ref(name: str, candidate: str) -> ModelRef:
-    text = candidate if "@" in candidate else f"{name}@{candidate}"
-    ref = ModelRef.parse(text)
-    if ref.name != name or ref.version is None:
-        raise InvalidRequestError(f"the candidate must be a version of {name}, not {candidate!r}")
-    return ref
-
-
-def _pick_candidate(versions: Sequence[ModelVersion], ref: ModelRef) -> ModelVersion:
-    found = next((v for v in versions if v.version == ref.version), None)
-    if found is None:
-        raise NotFoundError(f"model {ref} does not exist; register it first")
-    if found.status not in (ModelStatus.ACTIVE, ModelStatus.CANARY):
-        raise InvalidRequestError(f"{found.ref} is {found.status.value}; it cannot be rolled out")
-    if not found.is_public:
-        raise InvalidRequestError(
-            f"{found.ref} is private to one tenant; only public versions are rolled out "
-            "(a rollout routes every tenant's requests)"
-        )
-    return found
-
-
-def _pick_stable(versions: Sequence[ModelVersion], candidate: ModelVersion) -> ModelVersion:
-    stable = [
-        v
-        for v in versions
-        if v.status is ModelStatus.ACTIVE and v.is_public and v.ref != candidate.ref
-    ]
-    if not stable:
-        raise InvalidRequestError(
-            f"{candidate.name} has no other active public version to roll out over"
-        )
-    newest = max(stable, key=lambda v: version_key(v.version))
-    if version_key(candidate.version) <= version_key(newest.version):
-        raise InvalidRequestError(
-            f"{candidate.ref} is not newer than the stable version {newest.ref}"
-        )
-    return newest
 
 
 def _already_running(rollout: Rollout) -> RolloutConflictError:
