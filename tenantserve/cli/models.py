@@ -23,7 +23,7 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
-from tenantserve.cli.runner import run_admin_command
+from tenantserve.cli.runner import AdminTokenOption, DataDirOption, run_admin_command
 from tenantserve.config import Settings
 from tenantserve.errors import InvalidRequestError
 from tenantserve.registry.artifacts import Progress, TransferProgress
@@ -41,13 +41,6 @@ model_app = typer.Typer(
     no_args_is_help=True,
 )
 
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="Data dir whose database and artifacts direct mode uses (default .tenantserve).",
-        show_default=False,
-    ),
-]
 UrlOption = Annotated[
     str | None,
     typer.Option(
@@ -55,15 +48,6 @@ UrlOption = Annotated[
         envvar="TENANTSERVE_URL",
         help="Go through the admin API of the server at this URL (http://host:port) "
         "instead of the database; PATH is then read on the server.",
-        show_default=False,
-    ),
-]
-AdminTokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--admin-token",
-        help="Bearer token of the admin API (default: TENANTSERVE_ADMIN_TOKEN, else the "
-        "data dir's admin_token file). Only with --url.",
         show_default=False,
     ),
 ]

@@ -23,8 +23,7 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
-from tenantserve.cli.models import AdminTokenOption, DataDirOption, UrlOption
-from tenantserve.cli.runner import run_admin_command
+from tenantserve.cli.runner import AdminTokenOption, DataDirOption, UrlOption, run_admin_command
 from tenantserve.config import Settings
 from tenantserve.registry.rollout import (
     DEFAULT_ERROR_RATE_MARGIN,

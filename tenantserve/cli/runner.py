@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -20,6 +20,33 @@ from tenantserve.config import Settings
 from tenantserve.errors import InvalidRequestError, NotFoundError, TenantServeError
 
 Admin = TypeVar("Admin")
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Data dir whose database (and artifacts) direct mode uses (default .tenantserve).",
+        show_default=False,
+    ),
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="TENANTSERVE_URL",
+        help="Go through the admin API of the server at this URL (http://host:port) "
+        "instead of the database.",
+        show_default=False,
+    ),
+]
+AdminTokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-token",
+        help="Bearer token of the admin API (default: TENANTSERVE_ADMIN_TOKEN, else the "
+        "data dir's admin_token file). Only with --url.",
+        show_default=False,
+    ),
+]
 
 
 def run_admin_command(

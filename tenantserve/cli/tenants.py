@@ -22,7 +22,13 @@ from tenantserve.cli.admin_client import (
     TenantPatch,
     open_admin_client,
 )
-from tenantserve.cli.runner import fail, run_admin_command
+from tenantserve.cli.runner import (
+    AdminTokenOption,
+    DataDirOption,
+    UrlOption,
+    fail,
+    run_admin_command,
+)
 
 T = TypeVar("T")
 
@@ -31,32 +37,6 @@ tenant_app = typer.Typer(
 )
 key_app = typer.Typer(name="key", help="Create and revoke tenants' API keys.", no_args_is_help=True)
 
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="Data dir whose database direct mode uses (default .tenantserve).",
-        show_default=False,
-    ),
-]
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        envvar="TENANTSERVE_URL",
-        help="Go through the admin API of the server at this URL (http://host:port) "
-        "instead of the database.",
-        show_default=False,
-    ),
-]
-AdminTokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--admin-token",
-        help="Bearer token of the admin API (default: TENANTSERVE_ADMIN_TOKEN, else the "
-        "data dir's admin_token file). Only with --url.",
-        show_default=False,
-    ),
-]
 TENANT_LIST_HINT = "`tenantserve tenant list` shows the tenant ids"
 
 
