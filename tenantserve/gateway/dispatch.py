@@ -251,6 +251,13 @@ class Dispatcher:
             served_ref=self._served_ref(pool, resolved),
         )
 
+    def mirrors(self, admission: Admission) -> bool:
+        """Whether a rollout shadows this request (its answer is then mirrored)."""
+        return (
+            self.shadow is not None
+            and self.shadow.target(admission.served_ref, admission.request_id) is not None
+        )
+
     def mirror(
         self,
         admission: Admission,

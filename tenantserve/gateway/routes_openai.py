@@ -216,7 +216,7 @@ class OpenAIRoutes:
             await admission.close(0, 0, error=is_failure(e))
             raise
         upstream_s = time.perf_counter() - started
-        if self.dispatcher.shadow is not None:
+        if self.dispatcher.mirrors(admission):  # only then is the reply read again
             text = _reply_text(reply.body)
             self.dispatcher.mirror(admission, body, raw, None, path, text)
         usage = reply.usage
