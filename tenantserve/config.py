@@ -160,6 +160,29 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class MeteringConfig:
+    """Where usage events go after the outbox (`tenantserve/metering/`)."""
+
+    # None: the embedded pipeline (the outbox drained into the database in process);
+    # a URL: the outbox is shipped to this NATS JetStream, and aggregated from it.
+    nats_url: str | None = None
+    # The outbox's SQLite `synchronous`: FULL survives power loss, NORMAL a process crash.
+    outbox_synchronous: str = "FULL"
+    # Whether `tenantserve up` runs the shipper and the aggregator in process (JetStream
+    # mode); False when they run as their own processes (`tenantserve metering ...`).
+    run_pipeline: bool = True
+
+
+@dataclass(frozen=True)
+class BillingConfig:
+    """Export of invoices to the payment provider."""
+
+    stripe_api_key: str | None = field(default=None, repr=False)
+    # None: Stripe's own API; set for a proxy or a local recording server in tests.
+    stripe_api_base: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `tenantserve up` needs."""
 
@@ -197,6 +220,8 @@ class Settings:
     pools: tuple[PoolConfig, ...] = ()
     # Model artifacts: the data dir's artifacts/ (default) or an S3 bucket.
     artifacts: ArtifactStoreConfig = field(default_factory=ArtifactStoreConfig)
+    metering: MeteringConfig = field(default_factory=MeteringConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -242,6 +267,7 @@ class Settings:
             s = replace(s, pools=load_pools(Path(v), env))
         s = replace(s, auth=_auth_from_env(s.auth, env))
         s = replace(s, artifacts=_artifacts_from_env(env))
+        s = replace(s, metering=_metering_from_env(env), billing=_billing_from_env(env))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
 
@@ -255,6 +281,24 @@ class Settings:
             scheduler=self.scheduler,
             lora=self.lora,
         )
+
+
+def _metering_from_env(env: Mapping[str, str]) -> MeteringConfig:
+    m = MeteringConfig()
+    if v := env.get("TENANTSERVE_NATS_URL"):
+        m = replace(m, nats_url=v)
+    if v := env.get("TENANTSERVE_OUTBOX_SYNCHRONOUS"):
+        m = replace(m, outbox_synchronous=v.upper())
+    if v := env.get("TENANTSERVE_METERING_IN_PROCESS"):
+        m = replace(m, run_pipeline=_bool(v, "METERING_IN_PROCESS"))
+    return m
+
+
+def _billing_from_env(env: Mapping[str, str]) -> BillingConfig:
+    return BillingConfig(
+        stripe_api_key=env.get("TENANTSERVE_STRIPE_API_KEY") or None,
+        stripe_api_base=env.get("TENANTSERVE_STRIPE_API_BASE") or None,
+    )
 
 
 def load_pools(path: Path, env: Mapping[str, str] | None = None) -> tuple[PoolConfig, ...]:

@@ -1,0 +1,15 @@
+"""Every table the migrations build, as the code declares them (the schema tests compare
+the migrated database with these)."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+
+
+def all_metadata() -> list[MetaData]:
+    """The `MetaData` of each package that owns tables."""
+    from tenantserve.metering.tables import metadata as metering
+    from tenantserve.registry.tables import metadata as registry
+    from tenantserve.tenancy.tables import metadata as tenancy
+
+    return [tenancy, registry, metering]
