@@ -27,10 +27,10 @@ from fastapi import FastAPI
 from tenantserve.admission import (
     LimiterPolicy,
     RateLimiter,
-    create_quota_ledger,
     create_rate_limiter,
 )
 from tenantserve.admission.policy import PolicyConfig
+from tenantserve.admission.quota_ledger_metered import MeteredQuotaLedger
 from tenantserve.config import PoolConfig, Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.models.checkpoint import read_config
@@ -43,8 +43,10 @@ from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamPool
+from tenantserve.gateway.request_log import RequestLog, RequestLogFiles
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.upstream import OpenAIUpstream
+from tenantserve.metering.pipeline import MeteringPipeline
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.adapter_smoke import EngineSmokeTester
 from tenantserve.registry.artifact_cache import ArtifactCache
@@ -67,6 +69,7 @@ from tenantserve.tenancy.service import TenancyService
 from tenantserve.tenancy.unit_of_work import UnitOfWork
 
 ADMIN_TOKEN_FILE = "admin_token"
+REQUEST_LOG_DIR = "logs"
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +248,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     pools = build_pools(settings, events)
     tenancy = build_tenancy(settings)
     limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
-    quota_ledger = create_quota_ledger(settings.redis_url)
+    metering = MeteringPipeline(settings.metering, settings.data_dir, tenancy.db.engine)
+    quota_ledger = MeteredQuotaLedger(metering.store)
+    request_log = RequestLog(RequestLogFiles(settings.data_dir / REQUEST_LOG_DIR))
     admin_token, _ = ensure_admin_token(settings)
     resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s)
     engine_pool = next((p for p in pools if isinstance(p, EnginePool)), None)
@@ -283,6 +288,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
         policy=PolicyConfig(),
         events=events,
+        meter=metering.meter,
+        usage=metering.store,
+        request_log=request_log,
     )
 
     @asynccontextmanager
@@ -298,6 +306,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
             served[version.ref] = engine_pool
             resolver.bind(version.ref, engine_pool)
         await bind_upstream_versions(pools, resolver)
+        await metering.start()
         ticking = asyncio.create_task(rollouts.run_forever())
         try:
             yield
@@ -305,6 +314,8 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
             ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticking
+            await metering.close()
+            request_log.close()
             await limiter.close()
             await quota_ledger.close()
             await tenancy.db.dispose()

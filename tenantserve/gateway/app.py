@@ -32,12 +32,16 @@ from tenantserve.gateway.errors import install_error_handlers
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamPool, build_catalog
+from tenantserve.gateway.request_log import RequestLog
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.gateway.routes_admin import AdminRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
 from tenantserve.gateway.routes_registry import RegistryRoutes
 from tenantserve.gateway.routes_rollout import RolloutRoutes
+from tenantserve.gateway.routes_usage import UsageRoutes
+from tenantserve.metering.meter import Meter
+from tenantserve.metering.store import UsageStore
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
@@ -71,6 +75,12 @@ class Gateway:
     resolver: ModelResolver | None = None
     # Canary rollouts of model versions (`/admin/rollouts`); None: not served here.
     rollouts: RolloutService | None = None
+    # Usage events into the outbox; None: requests are not metered (tests of other parts).
+    meter: Meter | None = None
+    # Metered usage (`/v1/usage`, `/admin/usage`); None: not served here.
+    usage: UsageStore | None = None
+    # Where request records go (the logger, and the reconciliation files).
+    request_log: RequestLog = field(default_factory=RequestLog)
 
 
 def create_app(
@@ -113,6 +123,8 @@ def create_app(
         events=gateway.events,
         resolver=gateway.resolver,
         rollouts=gateway.rollouts,
+        meter=gateway.meter,
+        request_log=gateway.request_log,
     )
     api = OpenAIRoutes(auth, catalog, dispatcher)
 
@@ -135,6 +147,8 @@ def create_app(
         AdapterRoutes(auth, gateway.adapters).install(app)
     if gateway.rollouts is not None:
         RolloutRoutes(gateway.rollouts, gateway.admin_token).install(app)
+    if gateway.usage is not None:
+        UsageRoutes(auth, gateway.usage, gateway.admin_token).install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.
     # Adapter uploads may be larger than any API request: they have their own limit.

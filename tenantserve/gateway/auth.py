@@ -10,6 +10,7 @@ CLI on the database, another gateway) within `ttl_s`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -92,3 +93,11 @@ def bearer_credential(authorization: str | None) -> str:
     if scheme.lower() != BEARER or not credential:
         raise AuthenticationError("The Authorization header must be `Bearer <key>`.")
     return credential
+
+
+def check_admin(authorization: str | None, token: bytes) -> None:
+    """AuthenticationError (401) unless `authorization` carries the admin token
+    (compared in constant time)."""
+    presented = bearer_credential(authorization).encode()
+    if not hmac.compare_digest(presented, token):
+        raise AuthenticationError("invalid admin token")

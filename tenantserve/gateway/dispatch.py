@@ -18,12 +18,11 @@ noisy-neighbour monitor records the tenant's tokens and TTFT (it may demote the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from tenantserve.admission.limiter import RateLimiter, Reject, Reservation
@@ -38,8 +37,9 @@ from tenantserve.admission.policy import (
 from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
 from tenantserve.admission.quotas import QuotaExceeded, SoftAlertFilter, check_quotas
-from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
+from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.errors import EngineError, InvalidRequestError
+from tenantserve.gateway.admitted import FAILED_AT_START, NEVER_RAN, Admission, Outcome
 from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.errors import (
     ApiError,
@@ -49,14 +49,16 @@ from tenantserve.gateway.errors import (
 )
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool, Pool
-from tenantserve.gateway.request_log import RequestRecord, log_request
+from tenantserve.gateway.request_log import RequestLog
 from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.shadow import ShadowMirror
 from tenantserve.gateway.streaming import Generation
+from tenantserve.metering.events import UsageStatus
+from tenantserve.metering.meter import Meter
 from tenantserve.registry.adapters import adapter_rollout_key, parse_adapter_ref
 from tenantserve.registry.rollout_service import RolloutService
-from tenantserve.scheduling.fair_queue import Grant, Ticket
+from tenantserve.scheduling.fair_queue import Ticket
 from tenantserve.tenancy.model import TenantContext
 
 logger = logging.getLogger(__name__)
@@ -95,69 +97,6 @@ def rate_limits_for(ctx: TenantContext) -> RateLimits:
     )
 
 
-@dataclass
-class Admission:
-    """An admitted request: its decision, rate-limit reservation and queue slot. `close`
-    gives them back (once) with what the request really used."""
-
-    ctx: TenantContext
-    request_id: str
-    pool: Pool
-    decision: Admitted
-    grant: Grant
-    num_prompt_tokens: int
-    # Seconds spent deciding, reserving and queueing (the `admission` server timing).
-    admission_s: float
-    started_at: float  # perf_counter() when admission began
-    _dispatcher: Dispatcher
-    _reservation: Reservation
-    # The caller's adapter, when `model` named one (engine pools only).
-    lora: LoraRef | None = None
-    # Extra response headers (a deprecated version's Deprecation / Sunset / Warning).
-    headers: Mapping[str, str] = field(default_factory=dict)
-    # The registry version serving it (what a running rollout observes), when known.
-    served_ref: str | None = None
-    _closed: bool = field(default=False, init=False)
-
-    @property
-    def max_tokens(self) -> int:
-        return self.decision.max_tokens
-
-    async def close(
-        self,
-        prompt_tokens: int,
-        completion_tokens: int,
-        ttft_s: float | None = None,
-        error: bool = False,
-    ) -> None:
-        """Give back the slot and the reservation with what was used; `error`: the request
-        failed on our side (engine, upstream), which a running rollout counts."""
-        if self._closed:
-            return
-        self._closed = True
-        rollouts = self._dispatcher.rollouts
-        if rollouts is not None and self.served_ref is not None:
-            latency_s = time.perf_counter() - self.started_at
-            rollouts.observe(self.served_ref, latency_s, error)
-        self.pool.queue.release(self.grant, prompt_tokens, completion_tokens)
-        total = prompt_tokens + completion_tokens
-        if self.pool.noisy_neighbors is not None:
-            self.pool.noisy_neighbors.record(self.ctx.tenant_id, total, ttft_s)
-        # Two Redis writes (each batched with other requests' by the store): the charge
-        # runs in one task beside the commit (not two tasks and a gather).
-        dispatcher = self._dispatcher
-        if total == 0:  # never ran: nothing to charge
-            await dispatcher._commit(self._reservation, 0)
-            return
-        charge = asyncio.ensure_future(
-            dispatcher._charge(self.ctx.tenant_id, prompt_tokens, completion_tokens)
-        )
-        try:
-            await dispatcher._commit(self._reservation, total)
-        finally:
-            await charge
-
-
 class Dispatcher:
     """Admits, rate-limits and schedules requests onto the pools."""
 
@@ -171,7 +110,11 @@ class Dispatcher:
         events: EventLog | None = None,
         resolver: ModelResolver | None = None,
         rollouts: RolloutService | None = None,
+        meter: Meter | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
+        self.meter = meter
+        self.request_log = request_log if request_log is not None else RequestLog()
         self.resolver = resolver
         self.rollouts = rollouts
         self.pools: Mapping[str, Pool] = {p.name: p for p in pools}
@@ -366,7 +309,7 @@ class Dispatcher:
         admission. Raises what the engine raised at start (the admission closed)."""
         pool = admission.pool
         if not isinstance(pool, EnginePool):
-            await admission.close(0, 0)
+            await admission.close(NEVER_RAN)
             raise TypeError(f"pool {pool.name} is not an engine pool")
         sampling = sampling_for(admission, body)
         request = EngineRequest(
@@ -379,31 +322,30 @@ class Dispatcher:
             cache_salt=admission.ctx.tenant_id,
         )
 
-        started = time.perf_counter()
-
         async def release(generation: Generation) -> None:
+            if generation.start_error is not None:  # never produced anything
+                failed = is_failure(generation.start_error)
+                await admission.close(FAILED_AT_START if failed else NEVER_RAN)
+                return
             usage = generation.usage()
             metrics = generation.metrics
             ttft_s = metrics.ttft_s if metrics else None
+            if generation.failed:
+                status = UsageStatus.ERROR
+            elif metrics is None:  # aborted: the client left, or the stream was closed
+                status = UsageStatus.CANCELLED
+            else:
+                status = UsageStatus.COMPLETED
             await admission.close(
-                usage.prompt_tokens, usage.completion_tokens, ttft_s, error=generation.failed
-            )
-            log_request(
-                RequestRecord(
-                    request_id=admission.request_id,
-                    tenant_id=admission.ctx.tenant_id,
-                    tier=admission.grant.tier.value,
-                    pool=pool.name,
-                    model=admission.decision.route.target,
-                    outcome="ok" if metrics is not None else "aborted",
+                Outcome(
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
                     cached_tokens=usage.prompt_tokens_details.cached_tokens,
-                    admission_ms=admission.admission_s * 1000,
-                    queue_ms=admission.grant.queue_time_s * 1000,
-                    engine_queue_ms=metrics.queue_time_s * 1000 if metrics else None,
-                    ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
-                    total_ms=(time.perf_counter() - started + admission.admission_s) * 1000,
+                    ttft_s=ttft_s,
+                    first_token_at=generation.first_token_at,
+                    engine_s=metrics.engine_time_s if metrics else 0.0,
+                    status=status,
+                    engine_queue_s=metrics.queue_time_s if metrics else None,
                     preemptions=metrics.num_preemptions if metrics else 0,
                 )
             )
@@ -411,7 +353,8 @@ class Dispatcher:
         try:
             return await Generation.start(pool.engine, request, on_close=release)
         except BaseException as e:
-            await admission.close(0, 0, error=is_failure(e))  # a no-op when `release` ran
+            # A no-op when `release` ran.
+            await admission.close(FAILED_AT_START if is_failure(e) else NEVER_RAN)
             raise
 
     async def _check_quotas(

@@ -1,23 +1,36 @@
-"""The request log: one JSON line per completed request on the `tenantserve.requests`
-logger, with who asked, where it ran, what it used and where its time went.
+"""The request log: one JSON line per request that reached a backend, with who asked,
+where it ran, what it used, where its time went, and its usage event.
 
-    {"request_id", "tenant_id", "tier", "pool", "model", "outcome",
+    {"request_id", "tenant_id", "tier", "pool", "model", "status",
      "prompt_tokens", "completion_tokens", "cached_tokens",
      "admission_ms"      auth'd request -> admitted (policy, quotas, limiter, fair queue)
      "queue_ms"          of which waiting in the pool's fair queue
      "engine_queue_ms"   in the engine before its first step (built-in engine)
      "ttft_ms"           admitted -> first token (engine) or first byte (upstream)
-     "total_ms", "preemptions"}
+     "total_ms", "preemptions",
+     "usage"             the request's `UsageEvent` (what reconciliation re-emits)}
 
-`tenantserve up` prints it on stderr; operators ship it like any structured log. The
-metering store (issue 5) is the durable record; this is the operational one.
+Two sinks: the `tenantserve.requests` logger (`tenantserve up` prints it on stderr;
+operators ship it like any structured log) and, when configured, `RequestLogFiles`:
+hourly files `requests-YYYYMMDDHH.jsonl` (UTC) in the data dir's `logs/`, appended by
+every gateway process, which `tenantserve usage reconcile` reads back and compares with
+the metered usage. The metering store is the billing record; this is the independent
+one it is checked against.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tenantserve.metering.events import UsageEvent
 
 logger = logging.getLogger("tenantserve.requests")
 
@@ -29,7 +42,7 @@ class RequestRecord:
     tier: str
     pool: str
     model: str
-    outcome: str  # "ok", "error", "aborted"
+    status: str  # a `UsageStatus` value
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -39,9 +52,101 @@ class RequestRecord:
     ttft_ms: float | None
     total_ms: float
     preemptions: int = 0
+    usage: UsageEvent | None = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        fields: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, float):
+                value = round(value, 3)
+            elif isinstance(value, UsageEvent):
+                value = value.to_dict()
+            fields[name] = value
+        return json.dumps(fields, separators=(",", ":"))
 
 
-def log_request(record: RequestRecord) -> None:
-    if logger.isEnabledFor(logging.INFO):
-        fields = {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(record).items()}
-        logger.info(json.dumps(fields, separators=(",", ":")))
+class RequestLogFiles:
+    """Hourly JSON-lines files of the request log, shared by every gateway process
+    (each line is one `O_APPEND` write, so lines from several processes never mix)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._hour: str | None = None
+        self._fd: int | None = None
+
+    @staticmethod
+    def file_name(hour: datetime) -> str:
+        return f"requests-{hour.astimezone(UTC):%Y%m%d%H}.jsonl"
+
+    def write(self, line: str, now: datetime | None = None) -> None:
+        hour = self.file_name(now or datetime.now(UTC))
+        data = (line + "\n").encode()
+        with self._lock:
+            if hour != self._hour or self._fd is None:
+                if self._fd is not None:
+                    os.close(self._fd)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                self._fd = os.open(self.directory / hour, flags, 0o640)
+                self._hour = hour
+            os.write(self._fd, data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def usage_events(self, start: datetime, end: datetime) -> Iterator[UsageEvent]:
+        """The usage events of the records in the files covering [start, end) that ended
+        in that window (a request is logged when it ends, a little after its end time,
+        so the hour after `end` is read too)."""
+        hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        last = end + timedelta(hours=1)
+        t0, t1 = start.timestamp(), end.timestamp()
+        while hour < last:
+            path = self.directory / self.file_name(hour)
+            if path.exists():
+                yield from _events_in(path, t0, t1)
+            hour += timedelta(hours=1)
+
+
+def _events_in(path: Path, t0: float, t1: float) -> Iterator[UsageEvent]:
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                usage = json.loads(line).get("usage")
+            except ValueError:  # a torn last line after a crash
+                logger.warning("%s:%d is not JSON; skipped", path, number)
+                continue
+            if not usage:
+                continue
+            event = UsageEvent.from_dict(usage)
+            if t0 <= event.ended_at < t1:
+                yield event
+
+
+class RequestLog:
+    """Where request records go: the logger, and the files when configured."""
+
+    def __init__(self, files: RequestLogFiles | None = None) -> None:
+        self.files = files
+
+    def write(self, record: RequestRecord) -> None:
+        to_logger = logger.isEnabledFor(logging.INFO)
+        if not to_logger and self.files is None:
+            return
+        line = record.to_json()
+        if to_logger:
+            logger.info(line)
+        if self.files is not None:
+            try:
+                self.files.write(line)
+            except OSError:
+                logger.exception("request log file write failed for %s", record.request_id)
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close()

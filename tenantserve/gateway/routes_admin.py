@@ -21,15 +21,13 @@ at once.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantserve.errors import AuthenticationError
-from tenantserve.gateway.auth import Authenticator, bearer_credential
+from tenantserve.gateway.auth import Authenticator, check_admin
 from tenantserve.gateway.errors import parse_body
 from tenantserve.gateway.events import EventLog
 from tenantserve.tenancy.service import TenancyService
@@ -137,6 +135,4 @@ class AdminRoutes:
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""
-        presented = bearer_credential(request.headers.get("authorization")).encode()
-        if not hmac.compare_digest(presented, self._token):
-            raise AuthenticationError("invalid admin token")
+        check_admin(request.headers.get("authorization"), self._token)

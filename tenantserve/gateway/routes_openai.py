@@ -29,9 +29,10 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from tenantserve.engine.tokenizer import Tokenizer
+from tenantserve.gateway.admitted import FAILED_AT_START, NEVER_RAN, Admission, Outcome
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.catalog import ModelCatalog
-from tenantserve.gateway.dispatch import Admission, Body, Dispatcher, is_failure
+from tenantserve.gateway.dispatch import Body, Dispatcher, is_failure
 from tenantserve.gateway.errors import ApiError, parse_json
 from tenantserve.gateway.middleware import request_id
 from tenantserve.gateway.pools import UpstreamPool
@@ -60,6 +61,7 @@ from tenantserve.gateway.streaming import (
     sse,
 )
 from tenantserve.gateway.upstream import UpstreamUsage
+from tenantserve.metering.events import UsageStatus
 from tenantserve.tenancy.model import TenantContext
 
 
@@ -185,7 +187,7 @@ class OpenAIRoutes:
         self, admission: Admission, body: Body, prompt: list[int] | None
     ) -> Generation:
         if prompt is None:  # an engine pool always has its model's tokenizer
-            await admission.close(0, 0)
+            await admission.close(NEVER_RAN)
             raise ApiError(500, "no tokenizer for an engine-served model", "server_error")
         return await self.dispatcher.start_generation(admission, body, prompt)
 
@@ -213,18 +215,17 @@ class OpenAIRoutes:
                 request, pool.upstream.complete(path, payload, admission.request_id, rewrite)
             )
         except BaseException as e:
-            await admission.close(0, 0, error=is_failure(e))
+            await admission.close(_failed(e))
             raise
         upstream_s = time.perf_counter() - started
         if self.dispatcher.mirrors(admission):  # only then is the reply read again
             text = _reply_text(reply.body)
             self.dispatcher.mirror(admission, body, raw, None, path, text)
-        usage = reply.usage
-        prompt_tokens = usage.prompt_tokens if usage else admission.num_prompt_tokens
-        completion_tokens = usage.completion_tokens if usage else admission.max_tokens
+        outcome = _upstream_outcome(admission, reply.usage, upstream_s, UsageStatus.COMPLETED)
+        await admission.meter(outcome)  # the usage event is durable before the answer
         headers = _server_timing(admission, upstream_s)
         # The commit (a Redis round trip) runs after the response has left.
-        done = BackgroundTask(admission.close, prompt_tokens, completion_tokens, upstream_s)
+        done = BackgroundTask(admission.close, outcome)
         return Response(reply.body, media_type="application/json", headers=headers, background=done)
 
     async def _forward_stream(
@@ -243,24 +244,26 @@ class OpenAIRoutes:
                 path, payload, admission.request_id, rewrite, body.include_usage, usage
             )
         except BaseException as e:
-            await admission.close(0, 0, error=is_failure(e))
+            await admission.close(_failed(e))
             raise
 
         async def relay() -> AsyncGenerator[bytes, None]:
             ttft_s: float | None = None
+            status = UsageStatus.CANCELLED  # unless the stream runs to its end
             try:
                 async for event in events:
                     if ttft_s is None:
                         ttft_s = time.perf_counter() - started
                     yield event
+                status = UsageStatus.COMPLETED
+            except BaseException as e:
+                if is_failure(e):
+                    status = UsageStatus.ERROR
+                raise
             finally:
                 await events.aclose()
                 used = usage[-1] if usage else None
-                await admission.close(
-                    used.prompt_tokens if used else admission.num_prompt_tokens,
-                    used.completion_tokens if used else admission.max_tokens,
-                    ttft_s,
-                )
+                await admission.close(_upstream_outcome(admission, used, ttft_s, status))
 
         return EventStream(relay(), _server_timing(admission))
 
@@ -334,6 +337,35 @@ def _reply_text(body: bytes) -> str | None:
 
 def _json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def _failed(e: BaseException) -> Outcome:
+    """The outcome of a forward that raised before any answer."""
+    return FAILED_AT_START if is_failure(e) else NEVER_RAN
+
+
+def _upstream_outcome(
+    admission: Admission, usage: UpstreamUsage | None, ttft_s: float | None, status: UsageStatus
+) -> Outcome:
+    """What an upstream request used: the upstream's own usage report, else our estimate
+    (the prompt as counted at admission, and max_tokens)."""
+    first_token_at = admission.started_wall + admission.admission_s + ttft_s if ttft_s else None
+    if usage is None:
+        return Outcome(
+            prompt_tokens=admission.num_prompt_tokens,
+            completion_tokens=admission.max_tokens,
+            ttft_s=ttft_s,
+            first_token_at=first_token_at,
+            status=status,
+        )
+    return Outcome(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        ttft_s=ttft_s,
+        first_token_at=first_token_at,
+        status=status,
+    )
 
 
 def _server_timing(admission: Admission, upstream_s: float | None = None) -> dict[str, str]:

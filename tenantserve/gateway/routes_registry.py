@@ -17,7 +17,6 @@ content, and refused transitions are 400; unknown models 404.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantserve.errors import AuthenticationError
-from tenantserve.gateway.auth import bearer_credential
+from tenantserve.gateway.auth import check_admin
 from tenantserve.gateway.errors import parse_body
 from tenantserve.registry.service import DEFAULT_RUNTIMES, RegistryService
 from tenantserve.registry.views import version_json
@@ -120,6 +118,4 @@ class RegistryRoutes:
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""
-        presented = bearer_credential(request.headers.get("authorization")).encode()
-        if not hmac.compare_digest(presented, self._token):
-            raise AuthenticationError("invalid admin token")
+        check_admin(request.headers.get("authorization"), self._token)

@@ -18,15 +18,13 @@ token is 401; bad fields, a second running rollout of one model and refused step
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tenantserve.errors import AuthenticationError
-from tenantserve.gateway.auth import bearer_credential
+from tenantserve.gateway.auth import check_admin
 from tenantserve.gateway.errors import parse_body, parse_json
 from tenantserve.registry.rollout import (
     DEFAULT_CANARY_STEPS,
@@ -113,9 +111,7 @@ class RolloutRoutes:
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""
-        presented = bearer_credential(request.headers.get("authorization")).encode()
-        if not hmac.compare_digest(presented, self._token):
-            raise AuthenticationError("invalid admin token")
+        check_admin(request.headers.get("authorization"), self._token)
 
 
 async def _step_body(request: Request) -> RolloutStep:

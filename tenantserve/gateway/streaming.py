@@ -4,6 +4,7 @@ response while the client stays connected, or as server-sent events."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -43,6 +44,10 @@ class Generation:
         self.metrics: RequestMetrics | None = None
         # True when the engine failed mid-stream (not when the client left).
         self.failed = False
+        # What the engine raised before the first output (the request never ran).
+        self.start_error: BaseException | None = None
+        # Unix time of the first output carrying tokens.
+        self.first_token_at: float | None = None
 
     @classmethod
     async def start(
@@ -53,7 +58,8 @@ class Generation:
         generation = cls(request, engine.generate(request), on_close)
         try:
             generation._first = await anext(generation._stream)
-        except BaseException:
+        except BaseException as e:
+            generation.start_error = e
             await generation.aclose()
             raise
         return generation
@@ -108,6 +114,8 @@ class Generation:
                 await on_close(self)
 
     def _account(self, out: RequestOutput) -> RequestOutput:
+        if out.new_token_ids and self.first_token_at is None:
+            self.first_token_at = time.time()
         self.num_completion_tokens += len(out.new_token_ids)
         if out.metrics is not None:
             self.metrics = out.metrics

@@ -34,6 +34,7 @@ CONNECT_TIMEOUT_S = 5.0
 class UpstreamUsage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens, when reported
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,10 @@ def _usage(raw: Any) -> UpstreamUsage | None:
     prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return UpstreamUsage(prompt, completion)
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached = cached if isinstance(cached, int) and 0 <= cached <= prompt else 0
+    return UpstreamUsage(prompt, completion, cached)
 
 
 def _timeout(e: Exception) -> ApiError:

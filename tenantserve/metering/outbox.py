@@ -114,7 +114,7 @@ class Outbox:
                 (after_seq, limit),
             ).fetchall()
         return [
-            OutboxEntry(seq, tenant, event_id, bytes(body)) for seq, tenant, event_id, body in rows
+            OutboxEntry(seq, tenant, event_id, _bytes(body)) for seq, tenant, event_id, body in rows
         ]
 
     def delete(self, seqs: Iterable[int]) -> None:
@@ -193,6 +193,11 @@ class Outbox:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _bytes(body: bytes | str) -> bytes:
+    """A stored body (BLOB; TEXT only if something else wrote the row)."""
+    return body.encode() if isinstance(body, str) else bytes(body)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
