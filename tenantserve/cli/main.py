@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 import typer
 
 from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
+from tenantserve.cli.metering import metering_app
 from tenantserve.cli.models import model_app
 from tenantserve.cli.rollout import rollout_app
 from tenantserve.cli.tenants import key_app, tenant_app
+from tenantserve.cli.usage import usage_app
 from tenantserve.config import Settings, load_pools
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.request import EngineRequest, SamplingParams
@@ -43,6 +45,8 @@ app.add_typer(tenant_app)
 app.add_typer(key_app)
 app.add_typer(model_app)
 app.add_typer(rollout_app)
+app.add_typer(metering_app)
+app.add_typer(usage_app)
 
 DataDirOption = Annotated[
     Path | None,

@@ -50,7 +50,7 @@ async def test_an_event_counts_once_however_often_it_arrives(store: UsageStore) 
     t = BOUNDARY.timestamp() - 3600
     events = [usage_event(i, t, "ten_a") for i in range(10)]
     assert await store.apply(events) == 10
-    assert await store.apply(events[:5] + [usage_event(10, t, "ten_a")]) == 1
+    assert await store.apply([*events[:5], usage_event(10, t, "ten_a")]) == 1
     assert await store.apply(events + events) == 0
     report = await store.usage("ten_a", BOUNDARY - timedelta(days=1), BOUNDARY)
     assert report.total.requests == 11 and await store.count_events() == 11
