@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 import typer
 
 from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
+from tenantserve.cli.invoices import invoice_app
 from tenantserve.cli.metering import metering_app
 from tenantserve.cli.models import model_app
+from tenantserve.cli.prices import credit_app, price_app
 from tenantserve.cli.rollout import rollout_app
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.cli.usage import usage_app
@@ -47,6 +49,9 @@ app.add_typer(model_app)
 app.add_typer(rollout_app)
 app.add_typer(metering_app)
 app.add_typer(usage_app)
+app.add_typer(invoice_app)
+app.add_typer(price_app)
+app.add_typer(credit_app)
 
 DataDirOption = Annotated[
     Path | None,
@@ -107,9 +112,16 @@ def up(
             settings = replace(settings, pools=load_pools(pools))
         if not engine:
             settings = replace(settings, builtin_engine=False)
-        admin_line = _admin_token_line(settings, *ensure_admin_token(settings))
+        admin_token, created = ensure_admin_token(settings)
+        admin_line = _admin_token_line(settings, admin_token, created)
         demos = asyncio.run(_demo_tenants(settings)) if demo else []
-        service = build_service(settings, on_ready=lambda s: _print_banner(s, admin_line, demos))
+
+        def ready(service: Service) -> None:
+            _print_banner(service, admin_line, demos)
+            if demos:
+                _start_demo_traffic(service, demos, admin_token)
+
+        service = build_service(settings, on_ready=ready)
     except TenantServeError as e:
         _fail(e)
     except CommandError as e:
@@ -287,6 +299,24 @@ def _print_banner(service: Service, admin_line: str, demos: list[DemoTenant]) ->
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _start_demo_traffic(service: Service, demos: list[DemoTenant], admin_token: str) -> None:
+    """Requests as each demo tenant, then their usage and draft invoices, once serving."""
+    from tenantserve.cli.demo_traffic import run_demo_traffic
+
+    models = _served_models(service)
+    if not models:
+        return
+    settings = service.settings
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    threading.Thread(
+        target=run_demo_traffic,
+        args=(base, models[0], demos, admin_token),
+        name="demo-traffic",
+        daemon=True,
+    ).start()
 
 
 def _served_models(service: Service) -> list[str]:

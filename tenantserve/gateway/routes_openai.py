@@ -250,11 +250,13 @@ class OpenAIRoutes:
         async def relay() -> AsyncGenerator[bytes, None]:
             ttft_s: float | None = None
             status = UsageStatus.CANCELLED  # unless the stream runs to its end
+            chunks = 0  # what a stream cut short is billed for: a token per chunk sent
             try:
                 async for event in events:
                     if ttft_s is None:
                         ttft_s = time.perf_counter() - started
                     yield event
+                    chunks += 1
                 status = UsageStatus.COMPLETED
             except BaseException as e:
                 if is_failure(e):
@@ -263,7 +265,8 @@ class OpenAIRoutes:
             finally:
                 await events.aclose()
                 used = usage[-1] if usage else None
-                await admission.close(_upstream_outcome(admission, used, ttft_s, status))
+                outcome = _upstream_outcome(admission, used, ttft_s, status, chunks)
+                await admission.close(outcome)
 
         return EventStream(relay(), _server_timing(admission))
 
@@ -345,15 +348,21 @@ def _failed(e: BaseException) -> Outcome:
 
 
 def _upstream_outcome(
-    admission: Admission, usage: UpstreamUsage | None, ttft_s: float | None, status: UsageStatus
+    admission: Admission,
+    usage: UpstreamUsage | None,
+    ttft_s: float | None,
+    status: UsageStatus,
+    chunks_sent: int | None = None,
 ) -> Outcome:
     """What an upstream request used: the upstream's own usage report, else our estimate
-    (the prompt as counted at admission, and max_tokens)."""
+    (the prompt as counted at admission; a token per chunk sent of a stream cut short,
+    else max_tokens)."""
     first_token_at = admission.started_wall + admission.admission_s + ttft_s if ttft_s else None
     if usage is None:
+        sent = admission.max_tokens if chunks_sent is None else chunks_sent
         return Outcome(
             prompt_tokens=admission.num_prompt_tokens,
-            completion_tokens=admission.max_tokens,
+            completion_tokens=min(sent, admission.max_tokens),
             ttft_s=ttft_s,
             first_token_at=first_token_at,
             status=status,

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -296,3 +297,49 @@ async def test_a_client_leaving_a_whole_completion_closes_the_upstream_request(
                 await asyncio.sleep(0.02)
     finally:
         pools.shared.delay_s = 0.0
+
+
+async def test_upstream_requests_are_metered_with_the_upstreams_usage(pools: Pools) -> None:
+    tenant_id, key = await _admin_tenant(pools, "metered-upstream")
+    client = openai.AsyncOpenAI(base_url=f"{pools.url}/v1", api_key=key, max_retries=0)
+    hello: Any = [{"role": "user", "content": "hi"}]
+    await client.chat.completions.create(model="ext-model", messages=hello)
+    stream = await client.chat.completions.create(model="ext-model", messages=hello, stream=True)
+    async for _ in stream:
+        pass
+    # A stream the client leaves after the first event: billed for the chunks it was sent.
+    pools.shared.delay_s = 0.3
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=pools.url, headers=headers, timeout=30) as http:
+            body = {"model": "ext-model", "messages": hello, "stream": True, "max_tokens": 50}
+            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break
+    finally:
+        pools.shared.delay_s = 0.0
+    async with httpx.AsyncClient(base_url=pools.url, timeout=30) as http:
+        for _ in range(100):
+            r = await http.get("/v1/usage", headers={"Authorization": f"Bearer {key}"})
+            total = r.json()["total"]
+            if total["requests"] == 3:
+                break
+            await asyncio.sleep(0.05)
+    assert total["requests"] == 3 and total["cancelled"] == 1 and total["errors"] == 0
+    # Two whole answers with the upstream's usage; the cut stream: 1 to 2 chunks sent.
+    assert 2 * COMPLETION_TOKENS + 1 <= total["output_tokens"] <= 2 * COMPLETION_TOKENS + 2
+    assert total["input_tokens"] >= 2 * PROMPT_TOKENS
+    assert r.json()["tenant_id"] == tenant_id
+    assert {b["model"] for b in r.json()["data"]} == {"ext-model"}
+
+
+async def _admin_tenant(pools: Pools, name: str) -> tuple[str, str]:
+    """(tenant id, API key) of a new standard-tier tenant, made through the admin API."""
+    async with pools.admin() as admin:
+        r = await admin.post("/admin/tenants", json={"name": name, "tier": "standard", "region": "us"})
+        assert r.status_code == 201, r.text
+        tenant_id = r.json()["id"]
+        r = await admin.post(f"/admin/tenants/{tenant_id}/keys", json={})
+        assert r.status_code == 201, r.text
+        return tenant_id, r.json()["key"]
