@@ -11,6 +11,10 @@ has already used this period (the `QuotaLedger` knows that) and answers:
     soft quota the request would cross                        -> max_tokens clamped (never
                                                                  under SOFT_FLOOR_TOKENS),
                                                                  a SoftQuotaAlert
+    usage at a quota's alert shares (80%, 100% by default)   -> a ThresholdAlert (the
+                                                                 gateway raises an
+                                                                 operator event once per
+                                                                 share and period)
 
 Usage is known only after a request completes, so token quotas are checked against
 the prompt (known) plus `max_tokens` (an upper bound on the output): a hard token quota
@@ -36,6 +40,9 @@ from tenantserve.errors import InvalidRequestError
 
 # A soft quota never clamps an output below this many tokens (a reply still makes sense).
 SOFT_FLOOR_TOKENS = 16
+# The shares of a quota whose crossing raises an operator alert (once per period each),
+# unless the quota names its own (`alert_at`).
+DEFAULT_ALERT_AT: tuple[float, ...] = (0.8, 1.0)
 
 
 class QuotaMetric(StrEnum):
@@ -99,6 +106,7 @@ def seconds_until_period_end(period: QuotaPeriod, now: datetime) -> float:
 
 
 _QUOTA_KEYS = ("metric", "period", "limit", "enforcement")
+_OPTIONAL_KEYS = ("alert_at",)
 
 
 def _choice(enum: type[_E], name: str, value: object) -> _E:
@@ -119,23 +127,38 @@ class Quota:
     period: QuotaPeriod
     limit: int
     enforcement: Enforcement
+    # Shares of `limit` (0 < x <= 1, ascending) at which operators are alerted.
+    alert_at: tuple[float, ...] = DEFAULT_ALERT_AT
 
     def __post_init__(self) -> None:
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0:
             raise InvalidRequestError(f"quota limit must be a positive integer, not {self.limit!r}")
+        shares = self.alert_at
+        valid = isinstance(shares, tuple) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 1 for x in shares
+        )
+        if not valid or list(shares) != sorted(set(shares)) or len(shares) > 10:
+            raise InvalidRequestError(
+                "quota alert_at must be a list of up to 10 ascending shares in (0, 1], "
+                f"such as [0.8, 1.0], not {shares!r}"
+            )
 
     @property
     def usage_key(self) -> UsageKey:
         return (self.period, self.metric)
 
-    def to_dict(self) -> dict[str, str | int]:
-        """`{"metric", "period", "limit", "enforcement"}`, JSON-ready."""
-        return {
+    def to_dict(self) -> dict[str, object]:
+        """`{"metric", "period", "limit", "enforcement"[, "alert_at"]}`, JSON-ready
+        (`alert_at` only when it is not the default)."""
+        out: dict[str, object] = {
             "metric": self.metric.value,
             "period": self.period.value,
             "limit": self.limit,
             "enforcement": self.enforcement.value,
         }
+        if self.alert_at != DEFAULT_ALERT_AT:
+            out["alert_at"] = list(self.alert_at)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Quota:
@@ -145,10 +168,11 @@ class Quota:
             raise InvalidRequestError(
                 f"a quota must be an object with {', '.join(_QUOTA_KEYS)}, not {data!r}"
             )
-        unknown = sorted(set(data) - set(_QUOTA_KEYS))
+        known = (*_QUOTA_KEYS, *_OPTIONAL_KEYS)
+        unknown = sorted(set(data) - set(known))
         if unknown:
             raise InvalidRequestError(
-                f"unknown quota field(s) {', '.join(unknown)}; known: {', '.join(_QUOTA_KEYS)}"
+                f"unknown quota field(s) {', '.join(unknown)}; known: {', '.join(known)}"
             )
         missing = [k for k in _QUOTA_KEYS if k not in data]
         if missing:
@@ -160,7 +184,14 @@ class Quota:
             period=_choice(QuotaPeriod, "period", data["period"]),
             limit=data["limit"],  # type: ignore[arg-type]  # checked in __post_init__
             enforcement=_choice(Enforcement, "enforcement", data["enforcement"]),
+            alert_at=_shares(data.get("alert_at", DEFAULT_ALERT_AT)),
         )
+
+
+def _shares(value: object) -> tuple[float, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    raise InvalidRequestError(f"quota alert_at must be a list of shares, not {value!r}")
 
 
 def parse_quotas(items: Iterable[Mapping[str, object]]) -> tuple[Quota, ...]:
@@ -299,6 +330,29 @@ def check_quotas(
     return QuotaAllowed(max_tokens=clamped, alerts=tuple(alerts))
 
 
+@dataclass(frozen=True)
+class ThresholdAlert:
+    """A quota's usage has reached `share` of its limit this period."""
+
+    quota: Quota
+    share: float
+    used: int
+    period_key: str
+
+
+def threshold_alerts(
+    quotas: Sequence[Quota], used: QuotaUsage, now: datetime
+) -> list[ThresholdAlert]:
+    """The highest alert share each quota's usage has reached (at most one per quota)."""
+    out = []
+    for q in quotas:
+        q_used = used.get(q.usage_key, 0)
+        reached = [x for x in q.alert_at if q_used >= x * q.limit]
+        if reached:
+            out.append(ThresholdAlert(q, reached[-1], q_used, period_key(q.period, now)))
+    return out
+
+
 class SoftAlertFilter:
     """Lets through the first alert per (tenant, metric, period) in each period, so an
     over-quota tenant raises one operator event per period, not one per request.
@@ -308,11 +362,13 @@ class SoftAlertFilter:
     """
 
     def __init__(self) -> None:
-        self._alerted: dict[tuple[str, UsageKey], str] = {}
+        self._alerted: dict[tuple[str, UsageKey, float | None], str] = {}
 
-    def first_time(self, tenant_id: str, alert: SoftQuotaAlert) -> bool:
-        """True the first time this alert's quota fires for the tenant in its period."""
-        key = (tenant_id, alert.quota.usage_key)
+    def first_time(self, tenant_id: str, alert: SoftQuotaAlert | ThresholdAlert) -> bool:
+        """True the first time this alert's quota fires for the tenant in its period (a
+        threshold alert: the first time at that share)."""
+        share = alert.share if isinstance(alert, ThresholdAlert) else None
+        key = (tenant_id, alert.quota.usage_key, share)
         if self._alerted.get(key) == alert.period_key:
             return False
         self._alerted[key] = alert.period_key

@@ -36,7 +36,12 @@ from tenantserve.admission.policy import (
 )
 from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
-from tenantserve.admission.quotas import QuotaExceeded, SoftAlertFilter, check_quotas
+from tenantserve.admission.quotas import (
+    QuotaExceeded,
+    SoftAlertFilter,
+    check_quotas,
+    threshold_alerts,
+)
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.errors import EngineError, InvalidRequestError
 from tenantserve.gateway.admitted import FAILED_AT_START, NEVER_RAN, Admission, Outcome
@@ -364,6 +369,15 @@ class Dispatcher:
         is spent. A soft quota crossed is an operator event (once per tenant and period)."""
         now = datetime.now(UTC)
         used = await self.quota_ledger.usage(ctx.tenant_id, ctx.quotas, now)
+        for reached in threshold_alerts(ctx.quotas, used, now):
+            if self._quota_alerts.first_time(ctx.tenant_id, reached):
+                details = {
+                    **reached.quota.to_dict(),
+                    "share": reached.share,
+                    "used": reached.used,
+                    "period_key": reached.period_key,
+                }
+                self.events.append("quota_threshold_reached", ctx.tenant_id, details)
         checked = check_quotas(ctx.quotas, used, num_prompt_tokens, decision.max_tokens, now)
         if isinstance(checked, QuotaExceeded):
             raise api_error_from_quota(checked)

@@ -176,3 +176,10 @@ async def test_a_hard_quota_is_enforced_from_metered_usage(running: Running) -> 
     assert r.status_code == 429 and r.json()["error"]["code"] == "quota_exceeded"
     usage = await _usage(running, tenant.key)
     assert usage["total"]["requests"] == 2  # the refused request was never metered
+    # Operators were told once the quota was used up (the default alert shares).
+    async with running.admin() as admin:
+        events = (await admin.get("/admin/events")).json()["data"]
+    reached = [
+        e for e in events if e["kind"] == "quota_threshold_reached" and e["tenant_id"] == tenant.id
+    ]
+    assert [(e["details"]["share"], e["details"]["used"]) for e in reached] == [(1.0, 2)]

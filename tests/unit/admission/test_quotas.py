@@ -23,6 +23,7 @@ from tenantserve.admission.quotas import (
     period_end,
     period_key,
     seconds_until_period_end,
+    threshold_alerts,
 )
 from tenantserve.errors import InvalidRequestError
 
@@ -269,3 +270,51 @@ def test_a_soft_alert_passes_once_per_tenant_quota_and_period() -> None:
     assert gate.first_time("ten_b", today)
     assert gate.first_time("ten_a", SoftQuotaAlert(other, 10, "2026-11-27"))
     assert gate.first_time("ten_a", SoftQuotaAlert(q, 1000, "2026-11-28"))
+
+
+def test_threshold_alerts_name_the_highest_share_reached() -> None:
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    tokens = Quota(QuotaMetric.TOKENS, QuotaPeriod.MONTH, 1000, Enforcement.HARD)
+    requests = Quota(
+        QuotaMetric.REQUESTS, QuotaPeriod.DAY, 10, Enforcement.SOFT, alert_at=(0.5, 0.9)
+    )
+    used = {tokens.usage_key: 799, requests.usage_key: 5}
+    [alert] = threshold_alerts([tokens, requests], used, now)
+    assert (alert.quota, alert.share, alert.used, alert.period_key) == (
+        requests,
+        0.5,
+        5,
+        "2026-11-27",
+    )
+    used = {tokens.usage_key: 1000, requests.usage_key: 9}
+    alerts = threshold_alerts([tokens, requests], used, now)
+    assert [(a.quota.metric, a.share) for a in alerts] == [
+        (QuotaMetric.TOKENS, 1.0),
+        (QuotaMetric.REQUESTS, 0.9),
+    ]
+
+
+def test_each_threshold_alerts_once_per_period() -> None:
+    quota = Quota(QuotaMetric.TOKENS, QuotaPeriod.DAY, 100, Enforcement.HARD)
+    seen = SoftAlertFilter()
+    day1 = datetime(2026, 11, 27, tzinfo=UTC)
+    [at80] = threshold_alerts([quota], {quota.usage_key: 85}, day1)
+    [at100] = threshold_alerts([quota], {quota.usage_key: 100}, day1)
+    assert seen.first_time("ten_a", at80) and not seen.first_time("ten_a", at80)
+    assert seen.first_time("ten_a", at100) and seen.first_time("ten_b", at80)
+    [next_day] = threshold_alerts([quota], {quota.usage_key: 85}, day1 + timedelta(days=1))
+    assert seen.first_time("ten_a", next_day)
+
+
+@pytest.mark.parametrize("alert_at", [[0.0], [1.5], [0.9, 0.8], ["x"], "0.8", [True]])
+def test_bad_alert_shares_are_refused(alert_at: object) -> None:
+    data = {"metric": "tokens", "period": "day", "limit": 5, "enforcement": "soft"}
+    with pytest.raises(InvalidRequestError, match="alert_at"):
+        Quota.from_dict({**data, "alert_at": alert_at})
+
+
+def test_alert_shares_round_trip_and_the_default_is_left_out() -> None:
+    data = {"metric": "tokens", "period": "day", "limit": 5, "enforcement": "soft"}
+    assert Quota.from_dict(data).to_dict() == data
+    custom = {**data, "alert_at": [0.5, 0.75, 1.0]}
+    assert Quota.from_dict(custom).to_dict() == custom

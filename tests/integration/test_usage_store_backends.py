@@ -1,30 +1,47 @@
-"""UsageStore on SQLite: the ledger dedups by event id in the same transaction as the
+"""UsageStore on SQLite and PostgreSQL: the ledger dedups by event id in the same transaction as the
 bucket increments; buckets by END time per minute and hour; reads per granularity."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import delete
 
 from tenantserve.errors import InvalidRequestError
 from tenantserve.metering.events import UsageStatus
 from tenantserve.metering.store import Granularity, UsageStore, bucket_rows, truncate
+from tenantserve.metering.tables import usage_buckets, usage_events
 from tenantserve.storage.database import create_engine
 from tenantserve.storage.migrations import migrate
+from tests.helpers.databases import BACKENDS, drop_postgres_database, fresh_postgres_database
 from tests.helpers.usage import usage_event
 
 BOUNDARY = datetime(2026, 12, 1, tzinfo=UTC)  # the November / December boundary
 
 
-@pytest_asyncio.fixture
-async def store(tmp_path: Path) -> AsyncIterator[UsageStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+@pytest.fixture(scope="session")
+def usage_postgres_url() -> Iterator[str]:
+    url = fresh_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest_asyncio.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UsageStore]:
+    """An empty, migrated usage store on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    else:
+        url = request.getfixturevalue("usage_postgres_url")
     await migrate(url)
     engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(delete(usage_events))
+        await conn.execute(delete(usage_buckets))
     yield UsageStore(engine)
     await engine.dispose()
 
