@@ -166,6 +166,9 @@ class MeteringConfig:
     # None: the embedded pipeline (the outbox drained into the database in process);
     # a URL: the outbox is shipped to this NATS JetStream, and aggregated from it.
     nats_url: str | None = None
+    # The JetStream stream (one per deployment); its subjects are the name, lower-cased,
+    # with dots for underscores (TENANTSERVE_USAGE -> tenantserve.usage.<tenant>).
+    stream: str = "TENANTSERVE_USAGE"
     # The outbox's SQLite `synchronous`: FULL survives power loss, NORMAL a process crash.
     outbox_synchronous: str = "FULL"
     # Whether `tenantserve up` runs the shipper and the aggregator in process (JetStream
@@ -287,6 +290,8 @@ def _metering_from_env(env: Mapping[str, str]) -> MeteringConfig:
     m = MeteringConfig()
     if v := env.get("TENANTSERVE_NATS_URL"):
         m = replace(m, nats_url=v)
+    if v := env.get("TENANTSERVE_NATS_STREAM"):
+        m = replace(m, stream=v)
     if v := env.get("TENANTSERVE_OUTBOX_SYNCHRONOUS"):
         m = replace(m, outbox_synchronous=v.upper())
     if v := env.get("TENANTSERVE_METERING_IN_PROCESS"):

@@ -11,6 +11,8 @@ Either way the gateway only ever writes to the outbox (`Meter`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +24,7 @@ from tenantserve.metering.drain import OutboxDrain
 from tenantserve.metering.meter import Meter
 from tenantserve.metering.outbox import OUTBOX_FILE, Outbox
 from tenantserve.metering.store import UsageStore
+from tenantserve.metering.stream import UsageStream
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,15 @@ logger = logging.getLogger(__name__)
 class _Stage(Protocol):
     async def start(self) -> None: ...
 
+    async def run_forever(self) -> None: ...
+
     async def close(self) -> None: ...
+
+
+def usage_stream(config: MeteringConfig) -> UsageStream:
+    """The configured stream, its subjects derived from its name."""
+    prefix = config.stream.lower().replace("_", ".")
+    return UsageStream(name=config.stream, subject_prefix=prefix)
 
 
 class MeteringPipeline:
@@ -40,6 +51,7 @@ class MeteringPipeline:
         self.store = UsageStore(engine)
         self.drain: OutboxDrain | None = None
         self._stages: list[_Stage] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def mode(self) -> str:
@@ -56,12 +68,15 @@ class MeteringPipeline:
         from tenantserve.metering.aggregator import Aggregator
         from tenantserve.metering.shipper import Shipper
 
+        stream = usage_stream(self.config)
         self._stages = [
-            Shipper(self.outbox, self.config.nats_url),
-            Aggregator(self.config.nats_url, self.store),
+            Shipper(self.outbox, self.config.nats_url, stream),
+            Aggregator(self.config.nats_url, self.store, stream),
         ]
         for stage in self._stages:
             await stage.start()
+            name = f"metering-{type(stage).__name__.lower()}"
+            self._tasks.append(asyncio.create_task(stage.run_forever(), name=name))
 
     async def close(self) -> None:
         """Stop the stages (a last drain or ship first), then close the outbox."""
@@ -72,4 +87,8 @@ class MeteringPipeline:
                 await stage.close()
             except Exception:
                 logger.exception("closing %s failed", type(stage).__name__)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         self.meter.close()
