@@ -31,6 +31,10 @@ from tenantserve.admission import (
 )
 from tenantserve.admission.policy import PolicyConfig
 from tenantserve.admission.quota_ledger_metered import MeteredQuotaLedger
+from tenantserve.billing.price_service import PriceBookService
+from tenantserve.billing.service import BillingService
+from tenantserve.billing.stripe_export import StripeExporter
+from tenantserve.billing.unit_of_work import BillingUnitOfWork
 from tenantserve.config import PoolConfig, Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.models.checkpoint import read_config
@@ -96,6 +100,26 @@ def build_tenancy(settings: Settings) -> Tenancy:
     artifacts = build_artifact_store(settings.artifacts, settings.data_dir)
     registry = RegistryService(lambda: RegistryUnitOfWork(db.sessionmaker), artifacts)
     return Tenancy(db=db, service=service, registry=registry)
+
+
+@dataclass(frozen=True)
+class Billing:
+    """Invoices, credits and the price book, over the metadata database."""
+
+    service: BillingService
+    prices: PriceBookService
+
+
+def build_billing(settings: Settings, db: Database) -> Billing:
+    """The billing use cases over `db`; invoices export to Stripe when an API key is set."""
+    cfg = settings.billing
+    exporter = (
+        StripeExporter(cfg.stripe_api_key, cfg.stripe_api_base) if cfg.stripe_api_key else None
+    )
+    return Billing(
+        BillingService(lambda: BillingUnitOfWork(db.sessionmaker), exporter),
+        PriceBookService(lambda: BillingUnitOfWork(db.sessionmaker)),
+    )
 
 
 async def open_tenancy(settings: Settings) -> Tenancy:
@@ -274,6 +298,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         rollouts=rollouts,  # a new version of an adapter rolls out like a model version
     )
     resolver.adapters = adapters
+    billing = build_billing(settings, tenancy.db)
     gateway = Gateway(
         pools=pools,
         tenancy=tenancy.service,
@@ -283,6 +308,8 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         adapters=adapters,
         resolver=resolver,
         rollouts=rollouts,
+        billing=billing.service,
+        prices=billing.prices,
         admin_token=admin_token,
         max_body_bytes=settings.max_body_bytes,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,

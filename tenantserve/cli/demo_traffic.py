@@ -121,7 +121,7 @@ def _invoices(http: httpx.Client, demos: Sequence[DemoTenant], admin_token: str)
         invoice = body["data"][0] if "data" in body else body
         lines.append(
             f"  {d.name}: {invoice.get('id')} {invoice.get('status')} "
-            f"total {invoice.get('total')} {invoice.get('currency', 'usd').upper()} "
+            f"total {invoice.get('total_usd')} {invoice.get('currency', 'usd').upper()} "
             f"({len(invoice.get('lines', []))} lines)"
         )
     return lines

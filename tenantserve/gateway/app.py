@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenantserve.admission.limiter import RateLimiter
 from tenantserve.admission.policy import PolicyConfig
 from tenantserve.admission.quota_ledger import QuotaLedger
+from tenantserve.billing.price_service import PriceBookService
+from tenantserve.billing.service import BillingService
 from tenantserve.gateway.auth import DEFAULT_TTL_S, Authenticator
 from tenantserve.gateway.catalog import ServedModel
 from tenantserve.gateway.dispatch import Dispatcher
@@ -36,6 +38,7 @@ from tenantserve.gateway.request_log import RequestLog
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.gateway.routes_admin import AdminRoutes
+from tenantserve.gateway.routes_billing import BillingRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
 from tenantserve.gateway.routes_registry import RegistryRoutes
 from tenantserve.gateway.routes_rollout import RolloutRoutes
@@ -75,6 +78,10 @@ class Gateway:
     resolver: ModelResolver | None = None
     # Canary rollouts of model versions (`/admin/rollouts`); None: not served here.
     rollouts: RolloutService | None = None
+    # Invoices, credits and the price book (`/v1/invoices`, `/admin/invoices`,
+    # `/admin/prices`, `/admin/credits`); None: not served here.
+    billing: BillingService | None = None
+    prices: PriceBookService | None = None
     # Usage events into the outbox; None: requests are not metered (tests of other parts).
     meter: Meter | None = None
     # Metered usage (`/v1/usage`, `/admin/usage`); None: not served here.
@@ -147,6 +154,8 @@ def create_app(
         AdapterRoutes(auth, gateway.adapters).install(app)
     if gateway.rollouts is not None:
         RolloutRoutes(gateway.rollouts, gateway.admin_token).install(app)
+    if gateway.billing is not None and gateway.prices is not None:
+        BillingRoutes(gateway.billing, gateway.prices, auth, gateway.admin_token).install(app)
     if gateway.usage is not None:
         UsageRoutes(auth, gateway.usage, gateway.admin_token).install(app)
     install_error_handlers(app)

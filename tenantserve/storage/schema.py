@@ -8,8 +8,9 @@ from sqlalchemy import MetaData
 
 def all_metadata() -> list[MetaData]:
     """The `MetaData` of each package that owns tables."""
+    from tenantserve.billing.tables import metadata as billing
     from tenantserve.metering.tables import metadata as metering
     from tenantserve.registry.tables import metadata as registry
     from tenantserve.tenancy.tables import metadata as tenancy
 
-    return [tenancy, registry, metering]
+    return [tenancy, registry, metering, billing]

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenantserve.admission.quotas import parse_quotas
 from tenantserve.tenancy.model import ApiKey, Region, Tenant, TenantLimits, TenantStatus
-from tenantserve.tenancy.tables import api_keys, tenants
+from tenantserve.tenancy.tables import api_keys, tenant_tier_changes, tenants
 from tenantserve.tiers import Tier
 
 
@@ -54,6 +54,14 @@ class TenantRepository:
             update(tenants)
             .where(tenants.c.id == tenant.id)
             .values(**_tenant_row(tenant), updated_at=now)
+        )
+
+    async def add_tier_change(self, tenant_id: str, tier: Tier, effective_at: datetime) -> None:
+        """Append to the tenant's tier history (billing prorates its platform fee by it)."""
+        await self._session.execute(
+            insert(tenant_tier_changes).values(
+                tenant_id=tenant_id, tier=tier.value, effective_at=effective_at
+            )
         )
 
     async def add_key(self, key: ApiKey) -> None:

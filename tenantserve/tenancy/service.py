@@ -85,6 +85,7 @@ class TenancyService:
         )
         async with self._uow() as uow:
             await uow.tenants.add(tenant)
+            await uow.tenants.add_tier_change(tenant.id, tenant.tier, tenant.created_at)
             await uow.commit()
         return tenant
 
@@ -116,6 +117,7 @@ class TenancyService:
             tenant = await _require_tenant(uow, tenant_id)
             if name is not None:
                 tenant.name = validate_tenant_name(name)
+            old_tier = tenant.tier
             if tier is not None:
                 tenant.tier = parse_tier(tier)
             if region is not None:
@@ -126,7 +128,10 @@ class TenancyService:
                 tenant.limits = tenant.limits.merged(limits)
             if quotas is not None:
                 tenant.quotas = parse_quotas(quotas)
-            await uow.tenants.update(tenant, self._clock())
+            now = self._clock()
+            await uow.tenants.update(tenant, now)
+            if tenant.tier is not old_tier:
+                await uow.tenants.add_tier_change(tenant.id, tenant.tier, now)
             await uow.commit()
         return tenant
 

@@ -1,6 +1,7 @@
 """SQLAlchemy Core tables for tenants and API keys (the domain classes know nothing of them).
 
-Mirrors migrations 0001 and 0002; a test checks that the migrated schema and these tables agree.
+Mirrors migrations 0001, 0002 and 0008 (`tenant_tier_changes`); a test checks that the
+migrated schema and these tables agree.
 Timestamps are stored as UTC and read back timezone-aware on every backend.
 """
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -82,4 +84,22 @@ api_keys = Table(
     Column("expires_at", UtcDateTime, nullable=True),
     Column("revoked_at", UtcDateTime, nullable=True),
     Index("ix_api_keys_tenant_id", "tenant_id"),
+)
+
+# Append-only: a row when a tenant is created and whenever its tier changes (billing
+# prorates the monthly platform fee by the time spent at each tier).
+tenant_tier_changes = Table(
+    "tenant_tier_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "tenant_id",
+        String(40),
+        ForeignKey("tenants.id", name="fk_tenant_tier_changes_tenant_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tier", String(16), nullable=False),
+    Column("effective_at", UtcDateTime, nullable=False),
+    CheckConstraint("tier IN ('free', 'standard', 'premium')", name="ck_tenant_tier_changes_tier"),
+    Index("ix_tenant_tier_changes_tenant_effective", "tenant_id", "effective_at"),
 )

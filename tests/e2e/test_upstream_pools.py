@@ -337,7 +337,9 @@ async def test_upstream_requests_are_metered_with_the_upstreams_usage(pools: Poo
 async def _admin_tenant(pools: Pools, name: str) -> tuple[str, str]:
     """(tenant id, API key) of a new standard-tier tenant, made through the admin API."""
     async with pools.admin() as admin:
-        r = await admin.post("/admin/tenants", json={"name": name, "tier": "standard", "region": "us"})
+        r = await admin.post(
+            "/admin/tenants", json={"name": name, "tier": "standard", "region": "us"}
+        )
         assert r.status_code == 201, r.text
         tenant_id = r.json()["id"]
         r = await admin.post(f"/admin/tenants/{tenant_id}/keys", json={})
