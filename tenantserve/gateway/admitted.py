@@ -177,7 +177,9 @@ class Admission:
             return
         # Two Redis writes (each batched with other requests' by the store): the charge
         # runs in one task beside the commit (not two tasks and a gather).
-        charge = asyncio.ensure_future(dispatcher._charge(self.ctx.tenant_id, prompt, completion))
+        charge = asyncio.ensure_future(
+            dispatcher.quotas.charge(self.ctx.tenant_id, prompt, completion)
+        )
         try:
             await dispatcher._commit(self._reservation, total)
         finally:

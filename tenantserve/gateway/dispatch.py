@@ -23,25 +23,17 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from tenantserve.admission.limiter import RateLimiter, Reject, Reservation
 from tenantserve.admission.limits import RateLimits
 from tenantserve.admission.policy import (
     AdmissionRequest,
-    Admitted,
     Denied,
     PolicyConfig,
     decide,
 )
 from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
-from tenantserve.admission.quotas import (
-    QuotaExceeded,
-    SoftAlertFilter,
-    check_quotas,
-    threshold_alerts,
-)
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.errors import EngineError, InvalidRequestError
 from tenantserve.gateway.admitted import FAILED_AT_START, NEVER_RAN, Admission, Outcome
@@ -49,11 +41,11 @@ from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.errors import (
     ApiError,
     api_error_from_denied,
-    api_error_from_quota,
     api_error_from_reject,
 )
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool, Pool
+from tenantserve.gateway.quota_gate import QuotaGate
 from tenantserve.gateway.request_log import RequestLog
 from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
@@ -131,9 +123,8 @@ class Dispatcher:
         self.catalog = catalog
         self.limiter = limiter
         self.policy = policy
-        self.quota_ledger: QuotaLedger = quota_ledger or LocalQuotaLedger()
         self.events = events if events is not None else EventLog()
-        self._quota_alerts = SoftAlertFilter()
+        self.quotas = QuotaGate(quota_ledger or LocalQuotaLedger(), self.events)
 
     async def admit(
         self,
@@ -161,7 +152,7 @@ class Dispatcher:
         if pool is None:  # a catalog naming a pool that is not configured
             raise ApiError(503, f"pool {decision.pool} is not running", "server_error")
         if ctx.quotas:
-            decision = await self._check_quotas(ctx, decision, num_prompt_tokens)
+            decision = await self.quotas.check(ctx, decision, num_prompt_tokens)
 
         limits = rate_limits_for(ctx)
         tokens = num_prompt_tokens + decision.max_tokens
@@ -361,50 +352,6 @@ class Dispatcher:
             # A no-op when `release` ran.
             await admission.close(FAILED_AT_START if is_failure(e) else NEVER_RAN)
             raise
-
-    async def _check_quotas(
-        self, ctx: TenantContext, decision: Admitted, num_prompt_tokens: int
-    ) -> Admitted:
-        """The decision with max_tokens clamped by the tenant's quotas; 429 when a hard one
-        is spent. A soft quota crossed is an operator event (once per tenant and period)."""
-        now = datetime.now(UTC)
-        used = await self.quota_ledger.usage(ctx.tenant_id, ctx.quotas, now)
-        for reached in threshold_alerts(ctx.quotas, used, now):
-            if self._quota_alerts.first_time(ctx.tenant_id, reached):
-                details = {
-                    **reached.quota.to_dict(),
-                    "share": reached.share,
-                    "used": reached.used,
-                    "period_key": reached.period_key,
-                }
-                self.events.append("quota_threshold_reached", ctx.tenant_id, details)
-        checked = check_quotas(ctx.quotas, used, num_prompt_tokens, decision.max_tokens, now)
-        if isinstance(checked, QuotaExceeded):
-            raise api_error_from_quota(checked)
-        for alert in checked.alerts:
-            if self._quota_alerts.first_time(ctx.tenant_id, alert):
-                details = {
-                    **alert.quota.to_dict(),
-                    "used": alert.used,
-                    "period_key": alert.period_key,
-                    "max_tokens": checked.max_tokens,
-                }
-                self.events.append("soft_quota_exceeded", ctx.tenant_id, details)
-        return replace(decision, max_tokens=checked.max_tokens)
-
-    async def _charge(self, tenant_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count a request that ran against the tenant's quota periods."""
-        if prompt_tokens == 0 and completion_tokens == 0:
-            return  # never ran (refused or failed at start)
-        try:
-            await self.quota_ledger.record(
-                tenant_id,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                now=datetime.now(UTC),
-            )
-        except Exception:  # ledgers swallow store failures; this guards against bugs
-            logger.exception("quota ledger record failed for %s", tenant_id)
 
     async def _commit(self, reservation: Reservation, actual_tokens: int) -> None:
         try:
