@@ -28,3 +28,4 @@ REDIS_URL = os.environ.get("TENANTSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379
 POSTGRES_URL = os.environ.get(
     "TENANTSERVE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
+NATS_URL = os.environ.get("TENANTSERVE_TEST_NATS_URL", "nats://127.0.0.1:4222")
