@@ -11,18 +11,19 @@ produced output before failing. A request is counted in the period (minute, hour
 month) that contains its **end** time, so one spanning a month boundary is billed in
 the month it finished.
 
-Wire format: one compact JSON object per event, times as Unix seconds.
+Wire format: one compact JSON object per event (orjson), times as Unix seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from tenantserve.errors import InvalidRequestError
 
@@ -33,13 +34,19 @@ class UsageStatus(StrEnum):
     ERROR = "error"  # failed on our side (engine, upstream)
 
 
+_STATUSES = {s.value: s for s in UsageStatus}
+
+
 def usage_event_id(request_id: str) -> str:
     """The event id of a request: stable across retries of the same request id."""
     digest = hashlib.blake2b(request_id.encode(), digest_size=16).hexdigest()
     return f"ue_{digest}"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__
+# (2.8 us per event against 0.3 us here), and events are built at the metering rate on
+# both ends of the pipeline. Nothing mutates an event once built.
+@dataclass(slots=True)
 class UsageEvent:
     """One request's usage. `adapter` is the adapter ref (`tenant/name@version`) or ""
     for the base model; `engine_seconds` is the request's share of engine step time
@@ -103,44 +110,72 @@ class UsageEvent:
         return self.output_tokens if self.billed else 0
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["status"] = self.status.value
-        return out
+        # Spelled out: `dataclasses.asdict` deep-copies and was most of the producer's
+        # CPU per event.
+        return {
+            "event_id": self.event_id,
+            "request_id": self.request_id,
+            "tenant_id": self.tenant_id,
+            "model": self.model,
+            "adapter": self.adapter,
+            "pool": self.pool,
+            "region": self.region,
+            "tier": self.tier,
+            "status": self.status.value,
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "output_tokens": self.output_tokens,
+            "started_at": self.started_at,
+            "first_token_at": self.first_token_at,
+            "ended_at": self.ended_at,
+            "engine_seconds": self.engine_seconds,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageEvent:
+        """An event from its `to_dict` form; InvalidRequestError when a field is missing
+        or of the wrong type (no coercion: a string is not a count)."""
         try:
-            return cls(
-                event_id=str(data["event_id"]),
-                request_id=str(data["request_id"]),
-                tenant_id=str(data["tenant_id"]),
-                model=str(data["model"]),
-                adapter=str(data.get("adapter") or ""),
-                pool=str(data["pool"]),
-                region=str(data["region"]),
-                tier=str(data["tier"]),
-                status=UsageStatus(data["status"]),
-                input_tokens=int(data["input_tokens"]),
-                cached_input_tokens=int(data["cached_input_tokens"]),
-                output_tokens=int(data["output_tokens"]),
-                started_at=float(data["started_at"]),
-                first_token_at=(
-                    None if data.get("first_token_at") is None else float(data["first_token_at"])
-                ),
-                ended_at=float(data["ended_at"]),
-                engine_seconds=float(data["engine_seconds"]),
+            strings = (
+                data["event_id"],
+                data["request_id"],
+                data["tenant_id"],
+                data["model"],
+                data.get("adapter") or "",
+                data["pool"],
+                data["region"],
+                data["tier"],
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidRequestError(f"malformed usage event: {e}") from e
+            counts = (data["input_tokens"], data["cached_input_tokens"], data["output_tokens"])
+            status = _STATUSES[data["status"]]
+            first = data.get("first_token_at")
+            times = (data["started_at"], data["ended_at"], data["engine_seconds"])
+        except (KeyError, TypeError) as e:
+            raise InvalidRequestError(f"malformed usage event: missing or bad {e}") from e
+        if not all(type(v) is str for v in strings) or not all(type(v) is int for v in counts):
+            raise InvalidRequestError("malformed usage event: a field has the wrong type")
+        if not all(type(v) in (int, float) for v in times) or (
+            first is not None and type(first) not in (int, float)
+        ):
+            raise InvalidRequestError("malformed usage event: a time is not a number")
+        return cls(
+            *strings,
+            status,
+            *counts,
+            float(times[0]),
+            None if first is None else float(first),
+            float(times[1]),
+            float(times[2]),
+        )
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return orjson.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> UsageEvent:
         try:
-            data = json.loads(raw)
-        except ValueError as e:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
             raise InvalidRequestError(f"malformed usage event: {e}") from e
         if not isinstance(data, dict):
             raise InvalidRequestError("malformed usage event: not a JSON object")
@@ -154,4 +189,11 @@ def encode_batch(events: Iterable[UsageEvent]) -> bytes:
 
 def decode_batch(body: bytes) -> list[UsageEvent]:
     """The events of a message body written by `encode_batch` (or a single event)."""
-    return [UsageEvent.from_json(line) for line in body.split(b"\n") if line.strip()]
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    try:  # one parse for the whole body (JSON strings never hold a raw newline)
+        items = orjson.loads(b"[" + b",".join(lines) + b"]")
+    except orjson.JSONDecodeError as e:
+        raise InvalidRequestError(f"malformed usage event batch: {e}") from e
+    if not all(isinstance(item, dict) for item in items):
+        raise InvalidRequestError("malformed usage event batch: not JSON objects")
+    return [UsageEvent.from_dict(item) for item in items]

@@ -118,15 +118,15 @@ class Outbox:
         ]
 
     def delete(self, seqs: Iterable[int]) -> None:
-        """Drop entries that are safely downstream."""
-        batch = [(s,) for s in seqs]
-        if not batch:
+        """Drop entries that are safely downstream (consecutive seqs as one range each)."""
+        ranges = _runs(sorted(seqs))
+        if not ranges:
             return
         with self._reader_lock:
             conn = self._reader_conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany("DELETE FROM outbox WHERE seq = ?", batch)
+                conn.executemany("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", ranges)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -193,6 +193,17 @@ class Outbox:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted seqs as (first, last) runs of consecutive numbers."""
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
 
 
 def _bytes(body: bytes | str) -> bytes:

@@ -77,12 +77,13 @@ class Shipper:
         (their rows are deleted). Raises when nothing could be shipped."""
         if self._js is None:
             raise RuntimeError("Shipper.start() was not called")
-        entries = self.outbox.read(self.batch_size)
+        # On a thread: in `tenantserve up` this loop shares the gateway's event loop.
+        entries = await asyncio.to_thread(self.outbox.read, self.batch_size)
         if not entries:
             return 0
         messages = split_messages(entries, self.max_events_per_message)
         acked, error = await self._publish(messages)
-        self.outbox.delete(e.seq for batch in acked for e in batch)
+        await asyncio.to_thread(self.outbox.delete, [e.seq for batch in acked for e in batch])
         shipped = sum(len(batch) for batch in acked)
         self.shipped += shipped
         if error is not None:

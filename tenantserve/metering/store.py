@@ -224,11 +224,12 @@ _EVENT_COLUMNS = (
     ("input_tokens", "int8"),
     ("cached_input_tokens", "int8"),
     ("output_tokens", "int8"),
-    ("started_at", "timestamptz"),
-    ("first_token_at", "timestamptz"),
-    ("ended_at", "timestamptz"),
+    ("started_at", "float8"),  # Unix seconds, to_timestamp() in the statement
+    ("first_token_at", "float8"),
+    ("ended_at", "float8"),
     ("engine_seconds", "float8"),
 )
+_TIME_COLUMNS = ("started_at", "first_token_at", "ended_at")
 _BUCKET_COLUMNS = (
     ("tenant_id", "text"),
     ("granularity", "text"),
@@ -252,7 +253,12 @@ def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
 
 _PG_INSERT_EVENTS = (
     f"INSERT INTO usage_events ({', '.join(c for c, _ in _EVENT_COLUMNS)}, recorded_at) "
-    f"SELECT u.*, ${len(_EVENT_COLUMNS) + 1}::timestamptz FROM {_unnest(_EVENT_COLUMNS)} AS u "
+    "SELECT "
+    + ", ".join(
+        f"to_timestamp(u.{c})" if c in _TIME_COLUMNS else f"u.{c}" for c, _ in _EVENT_COLUMNS
+    )
+    + f", ${len(_EVENT_COLUMNS) + 1}::timestamptz "
+    f"FROM {_unnest(_EVENT_COLUMNS)} AS u({', '.join(c for c, _ in _EVENT_COLUMNS)}) "
     "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
 )
 _PG_UPSERT_BUCKETS = (
@@ -265,8 +271,6 @@ _PG_UPSERT_BUCKETS = (
 
 def _event_columns(events: list[UsageEvent]) -> list[list[Any]]:
     """The events as one list per column of `_EVENT_COLUMNS` (asyncpg arrays)."""
-    utc = UTC
-    from_ts = datetime.fromtimestamp
     return [
         [e.event_id for e in events],
         [e.request_id for e in events],
@@ -280,9 +284,9 @@ def _event_columns(events: list[UsageEvent]) -> list[list[Any]]:
         [e.input_tokens for e in events],
         [e.cached_input_tokens for e in events],
         [e.output_tokens for e in events],
-        [from_ts(e.started_at, utc) for e in events],
-        [None if e.first_token_at is None else from_ts(e.first_token_at, utc) for e in events],
-        [from_ts(e.ended_at, utc) for e in events],
+        [e.started_at for e in events],
+        [e.first_token_at for e in events],
+        [e.ended_at for e in events],
         [e.engine_seconds for e in events],
     ]
 
