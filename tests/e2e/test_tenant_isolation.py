@@ -33,6 +33,7 @@ def _endpoints(model: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("POST", "/v1/chat/completions", {"model": model, "messages": HELLO, "max_tokens": 1}),
         ("POST", "/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 1}),
         ("GET", "/v1/usage", None),
+        ("GET", "/v1/invoices", None),
     ]
 
 
