@@ -8,8 +8,9 @@ with one JSON (`billing/views.py`):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantserve.billing.price_service import PriceBookService, parse_time
@@ -35,6 +36,7 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
+from tenantserve.cli.runner import run_admin_command
 from tenantserve.config import Settings
 from tenantserve.errors import InvalidRequestError, NotFoundError
 
@@ -298,3 +300,19 @@ async def open_billing_admin(
         raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:
         await tenancy.db.dispose()
+
+
+def run_billing_command(
+    data_dir: Path | None,
+    url: str | None,
+    admin_token: str | None,
+    operation: Callable[[BillingAdmin], Awaitable[Any]],
+    not_found_hint: str | None = None,
+) -> None:
+    """`run_admin_command` on the billing admin (direct, or the admin API with `url`)."""
+    run_admin_command(
+        data_dir,
+        lambda settings: open_billing_admin(settings, url, admin_token),
+        operation,
+        not_found_hint=not_found_hint,
+    )

@@ -12,20 +12,17 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from tenantserve.cli.admin_client import CommandError
-from tenantserve.cli.billing_admin import BillingAdmin, JsonObject, open_billing_admin
+from tenantserve.cli.billing_admin import BillingAdmin, JsonObject, run_billing_command
 from tenantserve.cli.runner import (
     AdminTokenOption,
     DataDirOption,
     UrlOption,
     fail,
-    run_admin_command,
 )
 
 invoice_app = typer.Typer(
@@ -60,7 +57,13 @@ def invoice_generate(
 ) -> None:
     """Create each tenant's draft invoice for PERIOD, or recompute it in place (same id);
     finalized invoices are left alone."""
-    _run(data_dir, url, admin_token, lambda admin: admin.generate(period, tenant, _progress))
+    run_billing_command(
+        data_dir,
+        url,
+        admin_token,
+        lambda admin: admin.generate(period, tenant, _progress),
+        LIST_HINT,
+    )
 
 
 @invoice_app.command("show")
@@ -98,7 +101,7 @@ def invoice_show(
         return await admin.invoice_csv(await resolve(admin))
 
     if format == "json":
-        _run(data_dir, url, admin_token, show_json)
+        run_billing_command(data_dir, url, admin_token, show_json, LIST_HINT)
         return
     captured: list[str] = []
 
@@ -107,7 +110,7 @@ def invoice_show(
 
     # run_admin_command prints JSON; the CSV is printed as it is instead.
     with contextlib.redirect_stdout(io.StringIO()):
-        _run(data_dir, url, admin_token, capture)
+        run_billing_command(data_dir, url, admin_token, capture, LIST_HINT)
     sys.stdout.write(captured[0])
 
 
@@ -119,7 +122,9 @@ def invoice_finalize(
     admin_token: AdminTokenOption = None,
 ) -> None:
     """Finalize a draft once its period is over; it never changes after that."""
-    _run(data_dir, url, admin_token, lambda admin: admin.finalize(invoice_id))
+    run_billing_command(
+        data_dir, url, admin_token, lambda admin: admin.finalize(invoice_id), LIST_HINT
+    )
 
 
 @invoice_app.command("credit-note")
@@ -139,7 +144,13 @@ def invoice_credit_note(
     admin_token: AdminTokenOption = None,
 ) -> None:
     """Correct a finalized invoice; the amount is credited to the tenant's next invoices."""
-    _run(data_dir, url, admin_token, lambda admin: admin.credit_note(invoice_id, reason, amount))
+    run_billing_command(
+        data_dir,
+        url,
+        admin_token,
+        lambda admin: admin.credit_note(invoice_id, reason, amount),
+        LIST_HINT,
+    )
 
 
 @invoice_app.command("reproduce")
@@ -157,7 +168,7 @@ def invoice_reproduce(
             print(f"[tenantserve] {invoice_id} does not match its events", file=sys.stderr)
         return result
 
-    _run(data_dir, url, admin_token, check)
+    run_billing_command(data_dir, url, admin_token, check, LIST_HINT)
 
 
 @invoice_app.command("export")
@@ -172,7 +183,9 @@ def invoice_export(
     keys). Needs TENANTSERVE_STRIPE_API_KEY where it runs (the server, with --url)."""
     if not stripe:
         fail(CommandError("name the provider: --stripe", 2))
-    _run(data_dir, url, admin_token, lambda admin: admin.export_stripe(invoice_id))
+    run_billing_command(
+        data_dir, url, admin_token, lambda admin: admin.export_stripe(invoice_id), LIST_HINT
+    )
 
 
 @invoice_app.command("costs")
@@ -183,18 +196,4 @@ def invoice_costs(
     admin_token: AdminTokenOption = None,
 ) -> None:
     """Per tenant: engine-seconds, their internal cost, the invoice's revenue, the margin."""
-    _run(data_dir, url, admin_token, lambda admin: admin.costs(period))
-
-
-def _run(
-    data_dir: Path | None,
-    url: str | None,
-    admin_token: str | None,
-    operation: Callable[[BillingAdmin], Awaitable[Any]],
-) -> None:
-    run_admin_command(
-        data_dir,
-        lambda settings: open_billing_admin(settings, url, admin_token),
-        operation,
-        not_found_hint=LIST_HINT,
-    )
+    run_billing_command(data_dir, url, admin_token, lambda admin: admin.costs(period), LIST_HINT)

@@ -25,6 +25,7 @@ from tenantserve.cli.metering import metering_app
 from tenantserve.cli.models import model_app
 from tenantserve.cli.prices import credit_app, price_app
 from tenantserve.cli.rollout import rollout_app
+from tenantserve.cli.runner import log_to_stderr
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.cli.usage import usage_app
 from tenantserve.config import Settings, load_pools
@@ -133,7 +134,7 @@ def up(
         _err(f"pool {pool.name}: {', '.join(pool.models)} at {pool.base_url} ({pool.region})")
     # No uvicorn access log: a formatted line per request is a measurable share of the
     # gateway's CPU per request; per-request logging, where wanted, belongs in the app.
-    _log_to_stderr()
+    log_to_stderr()
     uvicorn.run(
         service.app, host=settings.host, port=settings.port, log_level="info", access_log=False
     )
@@ -343,18 +344,6 @@ def _demo_table(settings: Settings, demos: list[DemoTenant]) -> list[str]:
         ),
         "",
     ]
-
-
-def _log_to_stderr() -> None:
-    """tenantserve's own loggers (the request log included) on stderr, at INFO."""
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger("tenantserve")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 def _err(message: str) -> None:

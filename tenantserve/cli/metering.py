@@ -25,6 +25,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from tenantserve.cli.runner import log_to_stderr
 from tenantserve.config import Settings
 from tenantserve.errors import TenantServeError
 from tenantserve.metering.aggregator import DURABLE, Aggregator
@@ -177,22 +178,13 @@ def _settings(data_dir: Path | None, nats_url: str | None) -> tuple[Settings, st
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
-    _log_to_stderr()
+    log_to_stderr()
     try:
         asyncio.run(main)
     except TenantServeError as e:
         _fail(str(e))
     except (OSError, TimeoutError) as e:  # e.g. NATS or the database unreachable
         _fail(f"{type(e).__name__}: {e}")
-
-
-def _log_to_stderr() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger("tenantserve")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 def _fail(message: str) -> NoReturn:

@@ -7,20 +7,17 @@ rounded through a float.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from tenantserve.cli.admin_client import CommandError
-from tenantserve.cli.billing_admin import BillingAdmin, JsonObject, open_billing_admin
+from tenantserve.cli.billing_admin import JsonObject, run_billing_command
 from tenantserve.cli.runner import (
     AdminTokenOption,
     DataDirOption,
     UrlOption,
     fail,
-    run_admin_command,
 )
 
 price_app = typer.Typer(
@@ -96,7 +93,7 @@ def price_set(
         fail(CommandError(f"--kind {kind} needs {flags}", 2))
     if effective_from is not None:
         body["effective_from"] = effective_from
-    _run(data_dir, url, admin_token, lambda admin: admin.set_price(body))
+    run_billing_command(data_dir, url, admin_token, lambda admin: admin.set_price(body))
 
 
 def _flag(field: str) -> str:
@@ -115,7 +112,7 @@ def price_list(
     admin_token: AdminTokenOption = None,
 ) -> None:
     """Print every version of every price book entry."""
-    _run(data_dir, url, admin_token, lambda admin: admin.prices())
+    run_billing_command(data_dir, url, admin_token, lambda admin: admin.prices())
 
 
 @credit_app.command("grant")
@@ -135,7 +132,7 @@ def credit_grant(
     body: JsonObject = {"tenant_id": tenant, "amount_usd": amount, "reason": reason}
     if expires_at is not None:
         body["expires_at"] = expires_at
-    _run(data_dir, url, admin_token, lambda admin: admin.grant_credit(body))
+    run_billing_command(data_dir, url, admin_token, lambda admin: admin.grant_credit(body))
 
 
 @credit_app.command("list")
@@ -148,15 +145,4 @@ def credit_list(
     admin_token: AdminTokenOption = None,
 ) -> None:
     """Print credit grants with their remaining balance, oldest first."""
-    _run(data_dir, url, admin_token, lambda admin: admin.credits(tenant))
-
-
-def _run(
-    data_dir: Path | None,
-    url: str | None,
-    admin_token: str | None,
-    operation: Callable[[BillingAdmin], Awaitable[Any]],
-) -> None:
-    run_admin_command(
-        data_dir, lambda settings: open_billing_admin(settings, url, admin_token), operation
-    )
+    run_billing_command(data_dir, url, admin_token, lambda admin: admin.credits(tenant))

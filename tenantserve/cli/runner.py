@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -81,3 +82,13 @@ async def _with(
 def fail(e: CommandError) -> NoReturn:
     print(f"[tenantserve] error: {e}", file=sys.stderr, flush=True)
     raise typer.Exit(code=e.exit_code)
+
+
+def log_to_stderr() -> None:
+    """tenantserve's own loggers (the request log included) on stderr, at INFO."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger("tenantserve")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False

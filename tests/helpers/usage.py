@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from tenantserve.metering.events import UsageEvent, UsageStatus
+from tenantserve.metering.store import UsageStore
+from tenantserve.storage.database import create_engine
+from tenantserve.storage.migrations import migrate
 
 
 def usage_event(
@@ -32,3 +38,15 @@ def usage_event(
     }
     values.update(fields)
     return UsageEvent.for_request(f"req_{n}", **values)
+
+
+@asynccontextmanager
+async def sqlite_usage_store(directory: Path) -> AsyncIterator[UsageStore]:
+    """A migrated usage store in a SQLite file under `directory`."""
+    url = f"sqlite+aiosqlite:///{directory / 'usage.db'}"
+    await migrate(url)
+    engine = create_engine(url)
+    try:
+        yield UsageStore(engine)
+    finally:
+        await engine.dispose()

@@ -14,8 +14,7 @@ from tenantserve.admission.quota_ledger_metered import MeteredQuotaLedger
 from tenantserve.admission.quotas import Enforcement, Quota, QuotaMetric, QuotaPeriod
 from tenantserve.metering.store import UsageStore
 from tenantserve.storage.database import create_engine
-from tenantserve.storage.migrations import migrate
-from tests.helpers.usage import usage_event
+from tests.helpers.usage import sqlite_usage_store, usage_event
 
 NOW = datetime.now(UTC)
 DAY, MONTH = QuotaPeriod.DAY, QuotaPeriod.MONTH
@@ -24,11 +23,8 @@ QUOTAS = [Quota(m, p, 10**9, Enforcement.HARD) for m in QuotaMetric for p in Quo
 
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[UsageStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
-    await migrate(url)
-    engine = create_engine(url)
-    yield UsageStore(engine)
-    await engine.dispose()
+    async with sqlite_usage_store(tmp_path) as store:
+        yield store
 
 
 async def test_usage_is_the_metered_day_and_month(store: UsageStore) -> None:

@@ -14,9 +14,7 @@ import pytest_asyncio
 from tenantserve.metering.drain import OutboxDrain
 from tenantserve.metering.outbox import Outbox
 from tenantserve.metering.store import Granularity, UsageStore
-from tenantserve.storage.database import create_engine
-from tenantserve.storage.migrations import migrate
-from tests.helpers.usage import usage_event
+from tests.helpers.usage import sqlite_usage_store, usage_event
 
 T = 1_795_000_000.0
 WINDOW = (
@@ -27,11 +25,8 @@ WINDOW = (
 
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[UsageStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
-    await migrate(url)
-    engine = create_engine(url)
-    yield UsageStore(engine)
-    await engine.dispose()
+    async with sqlite_usage_store(tmp_path) as store:
+        yield store
 
 
 async def test_everything_appended_is_counted_once(store: UsageStore, tmp_path: Path) -> None:
