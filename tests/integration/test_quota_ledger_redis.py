@@ -29,7 +29,10 @@ from tenantserve.admission.quotas import (
 )
 from tests.helpers.services import REDIS_URL, require_service
 
-NOW = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
+# The last hour of a month (the keys expire an hour after their period, by the Redis
+# server's clock): the current month's, so they are still alive when the test reads them.
+_THIS_MONTH = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+NOW = (_THIS_MONTH + timedelta(days=32)).replace(day=1) - timedelta(hours=1)
 DAY, MONTH = QuotaPeriod.DAY, QuotaPeriod.MONTH
 ALL_QUOTAS = [
     Quota(metric, period, 1, Enforcement.HARD) for metric in QuotaMetric for period in QuotaPeriod
@@ -93,8 +96,8 @@ async def test_a_new_day_and_month_start_from_zero_and_keys_expire_after_their_p
         key = ledger.key("ten_a", period, NOW)
         expected_s = int(period_end(period, NOW).timestamp()) + KEY_GRACE_S
         assert await client.expiretime(key) == expected_s
-    assert ledger.key("ten_a", DAY, NOW).endswith("{ten_a}:day:2026-11-30")
-    assert ledger.key("ten_a", MONTH, NOW).endswith("{ten_a}:month:2026-11")
+    assert ledger.key("ten_a", DAY, NOW).endswith(f"{{ten_a}}:day:{NOW:%Y-%m-%d}")
+    assert ledger.key("ten_a", MONTH, NOW).endswith(f"{{ten_a}}:month:{NOW:%Y-%m}")
 
 
 async def test_two_hundred_concurrent_records_sum_exactly(
