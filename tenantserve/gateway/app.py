@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenantserve.admission.limiter import RateLimiter
 from tenantserve.admission.policy import PolicyConfig
 from tenantserve.admission.quota_ledger import QuotaLedger
+from tenantserve.audit.recorder import AuditRecorder
 from tenantserve.billing.price_service import PriceBookService
 from tenantserve.billing.service import BillingService
 from tenantserve.gateway.auth import DEFAULT_TTL_S, Authenticator
@@ -88,6 +89,9 @@ class Gateway:
     usage: UsageStore | None = None
     # Where request records go (the logger, and the reconciliation files).
     request_log: RequestLog = field(default_factory=RequestLog)
+    # The audit log every admin action and operator read of tenant data is written to;
+    # None: not audited (tests of other parts).
+    audit: AuditRecorder | None = None
 
 
 def create_app(
