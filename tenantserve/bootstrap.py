@@ -19,7 +19,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -31,6 +31,7 @@ from tenantserve.admission import (
 )
 from tenantserve.admission.policy import PolicyConfig
 from tenantserve.admission.quota_ledger_metered import MeteredQuotaLedger
+from tenantserve.audit.log import AuditLog
 from tenantserve.billing.price_service import PriceBookService
 from tenantserve.billing.service import BillingService
 from tenantserve.billing.stripe_export import StripeExporter
@@ -44,6 +45,7 @@ from tenantserve.errors import ConfigError
 from tenantserve.gateway.app import Gateway, ServedModel, create_app
 from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.gateway.engine_client import EngineClient
+from tenantserve.gateway.eval_targets import PoolTargets
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamPool
@@ -51,15 +53,23 @@ from tenantserve.gateway.request_log import RequestLog, RequestLogFiles
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.metering.pipeline import MeteringPipeline
+from tenantserve.observability.record_store import RequestRecordStore
+from tenantserve.observability.record_writer import RecordWriter
+from tenantserve.observability.slo_monitor import SloMonitor
+from tenantserve.observability.telemetry import Telemetry
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.adapter_smoke import EngineSmokeTester
 from tenantserve.registry.artifact_cache import ArtifactCache
 from tenantserve.registry.artifacts import build_artifact_store
 from tenantserve.registry.default_model import (
     DEFAULT_MODEL_REGISTRY_NAME,
+    register_default_golden_set,
     register_default_model,
 )
+from tenantserve.registry.eval_gate import EvalGateConfig
+from tenantserve.registry.eval_service import EvalService
 from tenantserve.registry.model_smoke import ModelSmokeTester
+from tenantserve.registry.rollout_eval import RolloutEvalGate
 from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork
@@ -80,11 +90,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Tenancy:
-    """The metadata database and the use cases over it: tenancy and the model registry."""
+    """The metadata database and the use cases over it: tenancy, the model registry and
+    the audit log every admin action is recorded in."""
 
     db: Database
     service: TenancyService
     registry: RegistryService
+    audit: AuditLog
 
 
 def build_tenancy(settings: Settings) -> Tenancy:
@@ -99,7 +111,7 @@ def build_tenancy(settings: Settings) -> Tenancy:
     )
     artifacts = build_artifact_store(settings.artifacts, settings.data_dir)
     registry = RegistryService(lambda: RegistryUnitOfWork(db.sessionmaker), artifacts)
-    return Tenancy(db=db, service=service, registry=registry)
+    return Tenancy(db=db, service=service, registry=registry, audit=AuditLog(db.engine))
 
 
 @dataclass(frozen=True)
@@ -274,16 +286,31 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
     metering = MeteringPipeline(settings.metering, settings.data_dir, tenancy.db.engine)
     quota_ledger = MeteredQuotaLedger(metering.store)
-    request_log = RequestLog(RequestLogFiles(settings.data_dir / REQUEST_LOG_DIR))
+    records = RequestRecordStore(tenancy.db.engine)
+    record_writer = RecordWriter(records, settings.records)
+    slo = SloMonitor(records, events, every_s=settings.records.slo_evaluate_every_s)
+    request_log = RequestLog(
+        RequestLogFiles(settings.data_dir / REQUEST_LOG_DIR), sink=record_writer.submit
+    )
     admin_token, _ = ensure_admin_token(settings)
     resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s)
     engine_pool = next((p for p in pools if isinstance(p, EnginePool)), None)
     served: dict[str, EnginePool] = {}  # registry ref -> engine pool, filled at start-up
     artifact_cache = ArtifactCache(tenancy.registry.store, settings.data_dir / "cache")
+    evals = EvalService(  # golden sets run through the pool serving the version
+        lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
+        tenancy.registry,
+        PoolTargets(resolver),
+        gate=EvalGateConfig(**asdict(settings.evals)),
+        on_event=events.append,
+    )
+    eval_gate = RolloutEvalGate(evals)
     rollouts = RolloutService(
         lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
         on_change=resolver.invalidate,
         smoke_test=ModelSmokeTester(artifact_cache).run,
+        golden_set=eval_gate.golden_set,
+        eval_gate=eval_gate,
     )
     adapters = AdapterService(
         lambda: RegistryUnitOfWork(tenancy.db.sessionmaker),
@@ -296,8 +323,10 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         on_event=events.append,
         on_change=resolver.forget,
         rollouts=rollouts,  # a new version of an adapter rolls out like a model version
+        evals=evals.check_adapter,  # the tenant's eval set, after the smoke test
     )
     resolver.adapters = adapters
+    evals.adapters = adapters
     billing = build_billing(settings, tenancy.db)
     gateway = Gateway(
         pools=pools,
@@ -308,16 +337,22 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         adapters=adapters,
         resolver=resolver,
         rollouts=rollouts,
+        evals=evals,
         billing=billing.service,
         prices=billing.prices,
         admin_token=admin_token,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         auth_cache_ttl_s=settings.auth_cache_ttl_s,
         policy=PolicyConfig(),
         events=events,
         meter=metering.meter,
         usage=metering.store,
         request_log=request_log,
+        records=records,
+        slo=slo,
+        audit=tenancy.audit,
+        telemetry=Telemetry.build(settings.observability, pools, host=settings.host),
     )
 
     @asynccontextmanager
@@ -332,15 +367,21 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
             )
             served[version.ref] = engine_pool
             resolver.bind(version.ref, engine_pool)
+            if version.name == DEFAULT_MODEL_REGISTRY_NAME:
+                await register_default_golden_set(evals)
         await bind_upstream_versions(pools, resolver)
         await metering.start()
         ticking = asyncio.create_task(rollouts.run_forever())
+        record_writer.start()
+        slo.start()
         try:
             yield
         finally:
             ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticking
+            await slo.close()
+            await record_writer.close()  # what the last requests left in its queue
             await metering.close()
             request_log.close()
             await limiter.close()

@@ -186,6 +186,65 @@ class BillingConfig:
 
 
 @dataclass(frozen=True)
+class RequestRecordsConfig:
+    """The per-request records (`observability/record_*.py`) and the SLO evaluator."""
+
+    # Records older than this are deleted (checked every `retention_check_s`).
+    retention_days: float = 30.0
+    retention_check_s: float = 3600.0
+    # The background writer: one INSERT per `batch_size` records or `flush_interval_s`;
+    # records arriving while `queue_size` wait are dropped (and counted).
+    flush_interval_s: float = 0.15
+    batch_size: int = 500
+    queue_size: int = 10_000
+    # Opted-in prompt and completion text is cut to this many characters each.
+    max_content_chars: int = 8192
+    # How often the SLO evaluator runs (burn-rate alerts become operator events).
+    slo_evaluate_every_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        positive = ("retention_days", "retention_check_s", "flush_interval_s", "batch_size")
+        for name in (*positive, "queue_size", "max_content_chars", "slo_evaluate_every_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"request records: {name} must be positive")
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    """Metrics, traces and logs (`tenantserve/observability/`)."""
+
+    # Tenants with their own `tenant` label besides the premium ones (the rest: `other`).
+    metrics_top_k: int = 20
+    # A separate port for `/metrics` (no credentials, bind it privately); None: only the
+    # main port's `/metrics`, behind the admin token.
+    metrics_port: int | None = None
+    # prometheus-client's multiprocess directory (PROMETHEUS_MULTIPROC_DIR): every
+    # gateway process writes there and a scrape aggregates them all.
+    multiproc_dir: Path | None = None
+    # OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); None: no tracing.
+    otlp_endpoint: str | None = None
+    # `tenantserve up`'s log lines: "json" (one object per line) or "text".
+    log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        if self.metrics_top_k < 0:
+            raise ConfigError("TENANTSERVE_METRICS_TOP_K must be 0 or more")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"TENANTSERVE_LOG_FORMAT must be json or text: {self.log_format!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The eval gate (`registry/eval_gate.py`): a candidate regresses below the stable
+    version's score minus `regression_threshold`, or below `min_score` (sets without a
+    floor of their own); `block_on_missing`: no result yet also blocks promotion to 100%."""
+
+    regression_threshold: float = 0.05
+    min_score: float | None = None
+    block_on_missing: bool = True
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything `tenantserve up` needs."""
 
@@ -210,6 +269,9 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     # Largest accepted request body (413 above it).
     max_body_bytes: int = 4 << 20
+    # How long a request body may take to arrive (408 after it; adapter uploads get ten
+    # times as long): a client trickling its body in holds a connection no longer.
+    body_timeout_s: float = 60.0
     # Largest tenant adapter upload (all its files, or its archive and what it unpacks to;
     # 413 above it). Uploads pass the body limit first: set max_body_bytes above this.
     max_adapter_bytes: int = 256 << 20
@@ -225,6 +287,9 @@ class Settings:
     artifacts: ArtifactStoreConfig = field(default_factory=ArtifactStoreConfig)
     metering: MeteringConfig = field(default_factory=MeteringConfig)
     billing: BillingConfig = field(default_factory=BillingConfig)
+    records: RequestRecordsConfig = field(default_factory=RequestRecordsConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    evals: EvalConfig = field(default_factory=EvalConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -260,6 +325,8 @@ class Settings:
             s = replace(s, admin_token=v)
         if v := env.get("TENANTSERVE_MAX_BODY_BYTES"):
             s = replace(s, max_body_bytes=_int(v, "MAX_BODY_BYTES"))
+        if v := env.get("TENANTSERVE_BODY_TIMEOUT_S"):
+            s = replace(s, body_timeout_s=_float(v, "BODY_TIMEOUT_S"))
         if v := env.get("TENANTSERVE_MAX_ADAPTER_BYTES"):
             s = replace(s, max_adapter_bytes=_int(v, "MAX_ADAPTER_BYTES"))
         if v := env.get("TENANTSERVE_REGION"):
@@ -271,6 +338,16 @@ class Settings:
         s = replace(s, auth=_auth_from_env(s.auth, env))
         s = replace(s, artifacts=_artifacts_from_env(env))
         s = replace(s, metering=_metering_from_env(env), billing=_billing_from_env(env))
+        s = replace(s, records=_records_from_env(env))
+        s = replace(s, observability=_observability_from_env(env))
+        if v := env.get("TENANTSERVE_EVAL_REGRESSION_THRESHOLD"):
+            threshold = _float(v, "EVAL_REGRESSION_THRESHOLD")
+            s = replace(s, evals=replace(s.evals, regression_threshold=threshold))
+        if v := env.get("TENANTSERVE_EVAL_MIN_SCORE"):
+            s = replace(s, evals=replace(s.evals, min_score=_float(v, "EVAL_MIN_SCORE")))
+        if v := env.get("TENANTSERVE_EVAL_BLOCK_ON_MISSING"):
+            block = _bool(v, "EVAL_BLOCK_ON_MISSING")
+            s = replace(s, evals=replace(s.evals, block_on_missing=block))
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
 
@@ -297,6 +374,39 @@ def _metering_from_env(env: Mapping[str, str]) -> MeteringConfig:
     if v := env.get("TENANTSERVE_METERING_IN_PROCESS"):
         m = replace(m, run_pipeline=_bool(v, "METERING_IN_PROCESS"))
     return m
+
+
+def _observability_from_env(env: Mapping[str, str]) -> ObservabilityConfig:
+    o = ObservabilityConfig()
+    if v := env.get("TENANTSERVE_METRICS_TOP_K"):
+        o = replace(o, metrics_top_k=_int(v, "METRICS_TOP_K"))
+    if v := env.get("TENANTSERVE_METRICS_PORT"):
+        o = replace(o, metrics_port=_int(v, "METRICS_PORT"))
+    if v := env.get("PROMETHEUS_MULTIPROC_DIR"):
+        o = replace(o, multiproc_dir=Path(v))
+    if v := env.get("TENANTSERVE_OTLP_ENDPOINT"):
+        o = replace(o, otlp_endpoint=v)
+    if v := env.get("TENANTSERVE_LOG_FORMAT"):
+        o = replace(o, log_format=v.lower())
+    return o
+
+
+def _records_from_env(env: Mapping[str, str]) -> RequestRecordsConfig:
+    r = RequestRecordsConfig()
+    if v := env.get("TENANTSERVE_REQUEST_RETENTION_DAYS"):
+        r = replace(r, retention_days=_float(v, "REQUEST_RETENTION_DAYS"))
+    if v := env.get("TENANTSERVE_LOG_CONTENT_MAX_CHARS"):
+        r = replace(r, max_content_chars=_int(v, "LOG_CONTENT_MAX_CHARS"))
+    if v := env.get("TENANTSERVE_SLO_EVALUATE_EVERY_S"):
+        r = replace(r, slo_evaluate_every_s=_float(v, "SLO_EVALUATE_EVERY_S"))
+    return r
+
+
+def _float(value: str, name: str) -> float:
+    try:
+        return float(value)
+    except ValueError as e:
+        raise ConfigError(f"TENANTSERVE_{name} must be a number, got {value!r}") from e
 
 
 def _billing_from_env(env: Mapping[str, str]) -> BillingConfig:

@@ -12,7 +12,16 @@ admin action or operator read of tenant data.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+# The actor of every action taken with the admin token.
+ADMIN_ACTOR = "admin"
+
+
+def tenant_actor(tenant_id: str) -> str:
+    """The actor of a tenant's own action (an adapter upload, say)."""
+    return f"tenant:{tenant_id}"
 
 
 class AuditRecorder(Protocol):
@@ -26,3 +35,31 @@ class AuditRecorder(Protocol):
         """Append one entry; raises when it could not be stored (the action should then
         not be reported as done)."""
         ...
+
+
+class NullRecorder:
+    """An `AuditRecorder` that keeps nothing (parts built without an audit log)."""
+
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record nothing."""
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """One actor's entries in a recorder (the CLI's direct mode: `cli:<user>`):
+    `await trail.record(*actions.tenant_updated(before, after))`."""
+
+    recorder: AuditRecorder
+    actor: str
+
+    async def record(
+        self, action: str, target: str, details: Mapping[str, Any] | None = None
+    ) -> None:
+        """Append one entry as `actor`; raises when it could not be stored."""
+        await self.recorder.record(self.actor, action, target, details)

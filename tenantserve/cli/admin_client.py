@@ -1,6 +1,7 @@
 """The admin operations the `tenant` and `key` commands run, in two modes with one JSON:
 
-- `DirectAdminClient`: the tenancy service on the data dir's database, in this process;
+- `DirectAdminClient`: the tenancy service on the data dir's database, in this process,
+  each change recorded in the audit log (as `cli:<user>`, like the admin API's `admin`);
 - `HttpAdminClient`: the admin API of a running server (`/admin/...`, Bearer admin token).
 
 Both return `tenant_json` / `key_json` data and raise the `tenantserve.errors` tree
@@ -14,6 +15,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import AuditTrail
 from tenantserve.config import Settings
 from tenantserve.errors import (
     AuthenticationError,
@@ -27,6 +30,8 @@ from tenantserve.tenancy.views import key_json, tenant_json
 
 if TYPE_CHECKING:
     import httpx
+
+    from tenantserve.bootstrap import Tenancy
 
 HTTP_TIMEOUT_S = 30.0
 
@@ -50,6 +55,8 @@ class TenantPatch(TypedDict, total=False):
     limits: dict[str, int | None]
     # The whole new quota list (`[]` removes them all).
     quotas: list[dict[str, Any]]
+    # Opt-in: the tenant's request records keep prompt and completion text.
+    log_content: bool
 
 
 class AdminClient(Protocol):
@@ -79,18 +86,23 @@ class AdminClient(Protocol):
 
 
 class DirectAdminClient:
-    """`AdminClient` over the tenancy service, in this process (no server involved)."""
+    """`AdminClient` over the tenancy service, in this process (no server involved); each
+    change is recorded in `trail`."""
 
-    def __init__(self, service: TenancyService) -> None:
+    def __init__(self, service: TenancyService, trail: AuditTrail) -> None:
         self._service = service
+        self._trail = trail
 
     async def create_tenant(self, name: str, tier: str, region: str) -> JsonObject:
-        return tenant_json(await self._service.create_tenant(name, tier, region))
+        out = tenant_json(await self._service.create_tenant(name, tier, region))
+        await self._trail.record(*actions.tenant_created(out))
+        return out
 
     async def list_tenants(self) -> list[JsonObject]:
         return [tenant_json(t) for t in await self._service.list_tenants()]
 
     async def update_tenant(self, tenant_id: str, patch: TenantPatch) -> JsonObject:
+        before = await actions.state_before(self._service.get_tenant(tenant_id), tenant_json)
         tenant = await self._service.update_tenant(
             tenant_id,
             tier=patch.get("tier"),
@@ -98,17 +110,23 @@ class DirectAdminClient:
             status=patch.get("status"),
             limits=patch.get("limits"),
             quotas=patch.get("quotas"),
+            log_content=patch.get("log_content"),
         )
-        return tenant_json(tenant)
+        out = tenant_json(tenant)
+        await self._trail.record(*actions.tenant_updated(before, out))
+        return out
 
     async def create_key(
         self, tenant_id: str, expires_days: float | None, allowed_models: Sequence[str]
     ) -> JsonObject:
         new = await self._service.create_key(tenant_id, expires_days, allowed_models)
+        await self._trail.record(*actions.key_created(key_json(new.key)))
         return key_json(new.key, new.plaintext)
 
     async def revoke_key(self, key_id: str) -> JsonObject:
-        return key_json(await self._service.revoke_key(key_id))
+        out = key_json(await self._service.revoke_key(key_id))
+        await self._trail.record(*actions.key_revoked(out))
+        return out
 
 
 class HttpAdminClient:
@@ -263,14 +281,24 @@ async def open_admin_client(
         return
     if admin_token is not None:
         raise CommandError("--admin-token only applies with --url", exit_code=2)
-    async with open_direct_tenancy(settings) as service:
-        yield DirectAdminClient(service)
+    from tenantserve.cli.runner import cli_actor
+
+    async with open_direct(settings) as tenancy:
+        yield DirectAdminClient(tenancy.service, AuditTrail(tenancy.audit, cli_actor()))
 
 
 @asynccontextmanager
 async def open_direct_tenancy(settings: Settings) -> AsyncIterator[TenancyService]:
-    """The tenancy service on the data dir's database (or TENANTSERVE_DATABASE_URL),
-    migrated; disposed on exit. Database failures become one-line `CommandError`s."""
+    """The tenancy service of `open_direct`."""
+    async with open_direct(settings) as tenancy:
+        yield tenancy.service
+
+
+@asynccontextmanager
+async def open_direct(settings: Settings) -> AsyncIterator[Tenancy]:
+    """The tenancy, registry and audit log on the data dir's database (or
+    TENANTSERVE_DATABASE_URL), migrated; disposed on exit. Database failures become
+    one-line `CommandError`s."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from tenantserve.bootstrap import open_tenancy
@@ -288,7 +316,7 @@ async def open_direct_tenancy(settings: Settings) -> AsyncIterator[TenancyServic
             "TENANTSERVE_DATABASE_URL, or pass --url to go through a running server"
         ) from e
     try:
-        yield tenancy.service
+        yield tenancy
     except SQLAlchemyError as e:
         raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:

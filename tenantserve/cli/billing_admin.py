@@ -1,7 +1,8 @@
 """The billing operations the `invoice`, `price` and `credit` commands run, in two modes
 with one JSON (`billing/views.py`):
 
-- `DirectBillingAdmin`: the billing services on the data dir's database, in this process;
+- `DirectBillingAdmin`: the billing services on the data dir's database, in this process,
+  each change recorded in the audit log (as `cli:<user>`);
 - `HttpBillingAdmin`: the admin API of a running server (`/admin/invoices`, `/admin/prices`,
   `/admin/credits`, `/admin/billing/costs`; Bearer admin token).
 """
@@ -13,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import AuditTrail
 from tenantserve.billing.price_service import PriceBookService, parse_time
 from tenantserve.billing.service import BillingService
 from tenantserve.billing.views import (
@@ -36,7 +39,7 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
-from tenantserve.cli.runner import run_admin_command
+from tenantserve.cli.runner import cli_actor, run_admin_command
 from tenantserve.config import Settings
 from tenantserve.errors import InvalidRequestError, NotFoundError
 
@@ -84,17 +87,23 @@ class BillingAdmin(Protocol):
 
 
 class DirectBillingAdmin:
-    """`BillingAdmin` over the billing services, in this process."""
+    """`BillingAdmin` over the billing services, in this process; each change is recorded
+    in `trail`."""
 
-    def __init__(self, billing: BillingService, prices: PriceBookService) -> None:
+    def __init__(
+        self, billing: BillingService, prices: PriceBookService, trail: AuditTrail
+    ) -> None:
         self._billing = billing
         self._prices = prices
+        self._trail = trail
 
     async def generate(self, period: str, tenant_id: str | None, progress: Progress) -> list[Any]:
         done = await self._billing.generate(
             period, tenant_id, progress=lambda g: progress(generated_json(g))
         )
-        return [generated_json(g) for g in done]
+        data = [generated_json(g) for g in done]
+        await self._trail.record(*actions.invoices_generated(period, tenant_id, data))
+        return data
 
     async def invoice(self, invoice_id: str) -> JsonObject:
         return invoice_json(await self._billing.get(invoice_id))
@@ -106,16 +115,22 @@ class DirectBillingAdmin:
         return invoice_csv(await self._billing.get(invoice_id))
 
     async def finalize(self, invoice_id: str) -> JsonObject:
-        return invoice_json(await self._billing.finalize(invoice_id))
+        out = invoice_json(await self._billing.finalize(invoice_id))
+        await self._trail.record(*actions.invoice_finalized(out))
+        return out
 
     async def credit_note(self, invoice_id: str, reason: str, amount: str | None) -> JsonObject:
-        return credit_note_json(await self._billing.credit_note(invoice_id, reason, amount))
+        out = credit_note_json(await self._billing.credit_note(invoice_id, reason, amount))
+        await self._trail.record(*actions.credit_note_issued(out))
+        return out
 
     async def reproduce(self, invoice_id: str) -> JsonObject:
         return reproduction_json(await self._billing.reproduce(invoice_id))
 
     async def export_stripe(self, invoice_id: str) -> JsonObject:
-        return export_json(invoice_id, await self._billing.export(invoice_id))
+        out = export_json(invoice_id, await self._billing.export(invoice_id))
+        await self._trail.record(*actions.invoice_exported(out))
+        return out
 
     async def costs(self, period: str) -> JsonObject:
         return costs_json(await self._billing.costs(period))
@@ -124,6 +139,11 @@ class DirectBillingAdmin:
         return price_book_json(await self._prices.book())
 
     async def set_price(self, body: JsonObject) -> JsonObject:
+        out = await self._set_price(body)
+        await self._trail.record(*actions.price_set(out))
+        return out
+
+    async def _set_price(self, body: JsonObject) -> JsonObject:
         kind, at = body.get("kind"), body.get("effective_from")
         if kind == "tokens":
             return token_price_json(
@@ -152,7 +172,9 @@ class DirectBillingAdmin:
             body["reason"],
             parse_time(body.get("expires_at"), "expires_at"),
         )
-        return credit_json(grant)
+        out = credit_json(grant)
+        await self._trail.record(*actions.credit_granted(out))
+        return out
 
     async def credits(self, tenant_id: str | None) -> list[Any]:
         return [credit_json(g) for g in await self._billing.credits(tenant_id)]
@@ -295,7 +317,8 @@ async def open_billing_admin(
         ) from e
     try:
         billing = build_billing(settings, tenancy.db)
-        yield DirectBillingAdmin(billing.service, billing.prices)
+        trail = AuditTrail(tenancy.audit, cli_actor())
+        yield DirectBillingAdmin(billing.service, billing.prices, trail)
     except SQLAlchemyError as e:
         raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:

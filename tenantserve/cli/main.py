@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TextIO
 import typer
 
 from tenantserve.cli.admin_client import CommandError, open_direct_tenancy
+from tenantserve.cli.audit import audit_app
+from tenantserve.cli.debug import debug_app
+from tenantserve.cli.evals import eval_app
 from tenantserve.cli.invoices import invoice_app
 from tenantserve.cli.metering import metering_app
 from tenantserve.cli.models import model_app
 from tenantserve.cli.prices import credit_app, price_app
 from tenantserve.cli.rollout import rollout_app
-from tenantserve.cli.runner import log_to_stderr
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.cli.usage import usage_app
 from tenantserve.config import Settings, load_pools
@@ -33,6 +35,7 @@ from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import InvalidRequestError, TenantServeError
+from tenantserve.observability.logging import configure_logging
 
 if TYPE_CHECKING:
     from tenantserve.bootstrap import Service
@@ -53,6 +56,9 @@ app.add_typer(usage_app)
 app.add_typer(invoice_app)
 app.add_typer(price_app)
 app.add_typer(credit_app)
+app.add_typer(debug_app)
+app.add_typer(audit_app)
+app.add_typer(eval_app)
 
 DataDirOption = Annotated[
     Path | None,
@@ -134,7 +140,8 @@ def up(
         _err(f"pool {pool.name}: {', '.join(pool.models)} at {pool.base_url} ({pool.region})")
     # No uvicorn access log: a formatted line per request is a measurable share of the
     # gateway's CPU per request; per-request logging, where wanted, belongs in the app.
-    log_to_stderr()
+    # Our own lines: JSON (or text: TENANTSERVE_LOG_FORMAT) with request and tenant ids.
+    configure_logging(settings.observability.log_format)
     uvicorn.run(
         service.app, host=settings.host, port=settings.port, log_level="info", access_log=False
     )

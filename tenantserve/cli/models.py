@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
+from tenantserve.audit import actions
+from tenantserve.audit.log import AuditLog
+from tenantserve.audit.recorder import AuditTrail
 from tenantserve.cli.admin_client import (
     HTTP_TIMEOUT_S,
     CommandError,
@@ -23,7 +26,7 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
-from tenantserve.cli.runner import AdminTokenOption, DataDirOption, run_admin_command
+from tenantserve.cli.runner import AdminTokenOption, DataDirOption, cli_actor, run_admin_command
 from tenantserve.config import Settings
 from tenantserve.errors import InvalidRequestError
 from tenantserve.registry.artifacts import Progress, TransferProgress
@@ -75,27 +78,37 @@ class RegistryAdmin(Protocol):
 
 
 class DirectRegistryAdmin:
-    """`RegistryAdmin` over the registry service, in this process."""
+    """`RegistryAdmin` over the registry service, in this process; each change is recorded
+    in `trail`."""
 
-    def __init__(self, service: RegistryService) -> None:
+    def __init__(self, service: RegistryService, trail: AuditTrail) -> None:
         self._service = service
+        self._trail = trail
 
     async def register(self, body: JsonObject, progress: Progress | None) -> JsonObject:
         fields = dict(body)
         path = Path(fields.pop("path"))
         name, version = fields.pop("name"), fields.pop("version")
         result = await self._service.register(path, name, version, progress=progress, **fields)
-        return version_json(result.version)
+        out = version_json(result.version)
+        await self._trail.record(*actions.model_registered(out, result.created))
+        return out
 
     async def list_versions(self, name: str | None) -> list[JsonObject]:
         found = await (self._service.versions(name) if name else self._service.list())
         return [version_json(v) for v in found]
 
     async def deprecate(self, ref: str, end_date: str, replacement: str | None) -> JsonObject:
-        return version_json(await self._service.deprecate(ref, end_date, replacement))
+        before = await actions.state_before(self._service.get(ref), version_json)
+        out = version_json(await self._service.deprecate(ref, end_date, replacement))
+        await self._trail.record(*actions.model_deprecated(before, out))
+        return out
 
     async def archive(self, ref: str, replacement: str | None) -> JsonObject:
-        return version_json(await self._service.archive(ref, replacement))
+        before = await actions.state_before(self._service.get(ref), version_json)
+        out = version_json(await self._service.archive(ref, replacement))
+        await self._trail.record(*actions.model_archived(before, out))
+        return out
 
 
 class HttpRegistryAdmin:
@@ -340,14 +353,16 @@ async def open_registry_admin(
         return
     if admin_token is not None:
         raise CommandError("--admin-token only applies with --url", exit_code=2)
-    async with open_direct_registry(settings) as service:
-        yield DirectRegistryAdmin(service)
+    async with open_direct_registry(settings) as (service, audit):
+        yield DirectRegistryAdmin(service, AuditTrail(audit, cli_actor()))
 
 
 @asynccontextmanager
-async def open_direct_registry(settings: Settings) -> AsyncIterator[RegistryService]:
+async def open_direct_registry(
+    settings: Settings,
+) -> AsyncIterator[tuple[RegistryService, AuditLog]]:
     """The registry service on the data dir's database (or TENANTSERVE_DATABASE_URL) and
-    the configured artifact store, migrated; disposed on exit."""
+    the configured artifact store, and the audit log, migrated; disposed on exit."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from tenantserve.registry.artifacts import build_artifact_store
@@ -371,7 +386,8 @@ async def open_direct_registry(settings: Settings) -> AsyncIterator[RegistryServ
             ) from e
         store = build_artifact_store(settings.artifacts, settings.data_dir)
         try:
-            yield RegistryService(lambda: RegistryUnitOfWork(db.sessionmaker), store)
+            service = RegistryService(lambda: RegistryUnitOfWork(db.sessionmaker), store)
+            yield service, AuditLog(db.engine)
         except SQLAlchemyError as e:
             raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:

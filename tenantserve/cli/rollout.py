@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 
+from tenantserve.audit import actions
+from tenantserve.audit.log import AuditLog
+from tenantserve.audit.recorder import AuditTrail
 from tenantserve.cli.admin_client import (
     HTTP_TIMEOUT_S,
     CommandError,
@@ -23,7 +26,13 @@ from tenantserve.cli.admin_client import (
     admin_token_for,
     normalize_url,
 )
-from tenantserve.cli.runner import AdminTokenOption, DataDirOption, UrlOption, run_admin_command
+from tenantserve.cli.runner import (
+    AdminTokenOption,
+    DataDirOption,
+    UrlOption,
+    cli_actor,
+    run_admin_command,
+)
 from tenantserve.config import Settings
 from tenantserve.registry.rollout import (
     DEFAULT_ERROR_RATE_MARGIN,
@@ -71,24 +80,34 @@ class RolloutAdmin(Protocol):
 
 
 class DirectRolloutAdmin:
-    """`RolloutAdmin` over the rollout service, in this process."""
+    """`RolloutAdmin` over the rollout service, in this process; each change is recorded
+    in `trail`."""
 
-    def __init__(self, service: RolloutService) -> None:
+    def __init__(self, service: RolloutService, trail: AuditTrail) -> None:
         self._service = service
+        self._trail = trail
 
     async def start(self, body: JsonObject) -> JsonObject:
         fields = dict(body)
         model, candidate = fields.pop("model"), fields.pop("candidate")
-        return rollout_json(await self._service.start(model, candidate, **fields))
+        out = rollout_json(await self._service.start(model, candidate, **fields))
+        await self._trail.record(*actions.rollout_started(out, fields.get("reason")))
+        return out
 
     async def status(self, model: str) -> JsonObject:
         return rollout_json(await self._service.status(model))
 
     async def promote(self, model: str, reason: str | None) -> JsonObject:
-        return rollout_json(await self._service.promote(model, reason))
+        before = await actions.state_before(self._service.status(model), rollout_json)
+        out = rollout_json(await self._service.promote(model, reason))
+        await self._trail.record(*actions.rollout_stepped("rollout.promote", before, out, reason))
+        return out
 
     async def rollback(self, model: str, reason: str | None) -> JsonObject:
-        return rollout_json(await self._service.rollback(model, reason))
+        before = await actions.state_before(self._service.status(model), rollout_json)
+        out = rollout_json(await self._service.rollback(model, reason))
+        await self._trail.record(*actions.rollout_stepped("rollout.rollback", before, out, reason))
+        return out
 
 
 class HttpRolloutAdmin:
@@ -249,14 +268,16 @@ async def open_rollout_admin(
         return
     if admin_token is not None:
         raise CommandError("--admin-token only applies with --url", exit_code=2)
-    async with open_direct_rollouts(settings) as service:
-        yield DirectRolloutAdmin(service)
+    async with open_direct_rollouts(settings) as (service, audit):
+        yield DirectRolloutAdmin(service, AuditTrail(audit, cli_actor()))
 
 
 @asynccontextmanager
-async def open_direct_rollouts(settings: Settings) -> AsyncIterator[RolloutService]:
-    """The rollout service on the data dir's database (or TENANTSERVE_DATABASE_URL),
-    migrated; disposed on exit."""
+async def open_direct_rollouts(
+    settings: Settings,
+) -> AsyncIterator[tuple[RolloutService, AuditLog]]:
+    """The rollout service and the audit log on the data dir's database (or
+    TENANTSERVE_DATABASE_URL), migrated; disposed on exit."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from tenantserve.registry.unit_of_work import RegistryUnitOfWork
@@ -278,7 +299,7 @@ async def open_direct_rollouts(settings: Settings) -> AsyncIterator[RolloutServi
                 "TENANTSERVE_DATABASE_URL, or pass --url to go through a running server"
             ) from e
         try:
-            yield RolloutService(lambda: RegistryUnitOfWork(db.sessionmaker))
+            yield RolloutService(lambda: RegistryUnitOfWork(db.sessionmaker)), AuditLog(db.engine)
         except SQLAlchemyError as e:
             raise CommandError(f"{where} failed ({type(e).__name__}: {e})") from e
     finally:

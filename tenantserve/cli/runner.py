@@ -1,13 +1,16 @@
 """What every admin command does around its one operation: settings from the environment
 and flags, the admin (direct on the data dir, or the admin API with `--url`) opened and
 closed, the result printed as JSON, and any failure as one line on stderr with the exit
-code of its kind (2: bad input, 1: anything else)."""
+code of its kind (2: bad input, 1: anything else). Direct mode records each change in the
+audit log as `cli_actor()`."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -77,6 +80,15 @@ async def _with(
 ) -> Any:
     async with admin as opened:
         return await operation(opened)
+
+
+def cli_actor() -> str:
+    """The audit actor of a direct-mode command: `cli:<OS user>`."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no name for this uid (a bare container, say)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
 
 
 def fail(e: CommandError) -> NoReturn:

@@ -1,4 +1,5 @@
-"""`tenantserve tenant create|list|update` (tier, region, status, limits, quotas) and
+"""`tenantserve tenant create|list|update` (tier, region, status, limits, quotas,
+content logging) and
 `tenantserve key create|revoke`.
 
 Each command prints the admin API's JSON on stdout. Without `--url` it works on the
@@ -93,11 +94,21 @@ def tenant_update(
             show_default=False,
         ),
     ] = None,
+    log_content: Annotated[
+        bool | None,
+        typer.Option(
+            "--log-content/--no-log-content",
+            help="Opt the tenant in to (or out of) prompt and completion text in its request "
+            "records (default off: never stored).",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
     url: UrlOption = None,
     admin_token: AdminTokenOption = None,
 ) -> None:
-    """Change a tenant's tier, region, status, limits or quotas; prints the updated JSON."""
+    """Change a tenant's tier, region, status, limits, quotas or content logging; prints
+    the updated JSON."""
     patch = TenantPatch()
     if tier is not None:
         patch["tier"] = tier
@@ -109,10 +120,14 @@ def tenant_update(
         patch["limits"] = _parse_limits(limits)
     if quotas is not None:
         patch["quotas"] = _parse_quotas(quotas)
+    if log_content is not None:
+        patch["log_content"] = log_content
     if not patch:
         fail(
             CommandError(
-                "nothing to change: pass --tier, --region, --status, --limits or --quotas", 2
+                "nothing to change: pass --tier, --region, --status, --limits, --quotas or "
+                "--log-content / --no-log-content",
+                2,
             )
         )
     _run(

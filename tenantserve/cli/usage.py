@@ -19,8 +19,10 @@ from typing import Annotated, Any
 
 import typer
 
+from tenantserve.audit import actions
+from tenantserve.audit.log import AuditLog
 from tenantserve.cli.admin_client import HTTP_TIMEOUT_S, CommandError, admin_token_for
-from tenantserve.cli.runner import AdminTokenOption, DataDirOption, UrlOption, fail
+from tenantserve.cli.runner import AdminTokenOption, DataDirOption, UrlOption, cli_actor, fail
 from tenantserve.config import Settings
 from tenantserve.gateway.errors import ApiError
 from tenantserve.gateway.request_log import RequestLogFiles
@@ -80,7 +82,10 @@ async def _show_direct(
     await migrate(url)
     engine = create_engine(url)
     try:
-        return (await UsageStore(engine).usage(tenant, t0, t1, g)).to_dict()
+        report = (await UsageStore(engine).usage(tenant, t0, t1, g)).to_dict()
+        read = actions.usage_read(tenant, t0.isoformat(), t1.isoformat(), g.value)
+        await AuditLog(engine).record(cli_actor(), *read)
+        return report
     finally:
         await engine.dispose()
 

@@ -57,6 +57,9 @@ class AdapterStats:
     num_host_loads: int  # host -> device slot
     last_disk_load_s: float | None
     last_host_load_s: float | None
+    # Seconds spent in all loads so far (with the counts: the mean load latency).
+    disk_load_s_total: float = 0.0
+    host_load_s_total: float = 0.0
 
 
 class _Loaded(NamedTuple):
@@ -104,6 +107,8 @@ class AdapterManager:
         self._num_host_loads = 0
         self._last_disk_load_s: float | None = None
         self._last_host_load_s: float | None = None
+        self._disk_load_s_total = 0.0
+        self._host_load_s_total = 0.0
 
     def check(self, ref: LoraRef) -> None:
         """Cheap validation at admission (reads at most the small config file); raises
@@ -141,6 +146,7 @@ class AdapterManager:
             start = time.perf_counter()
             self._weights.load_slot(slot, host.adapter)
             self._last_host_load_s = time.perf_counter() - start
+            self._host_load_s_total += self._last_host_load_s
             self._num_host_loads += 1
             del self._host[adapter_id]
             self._active[adapter_id] = _Active(host.adapter, slot, 1, self._clock)
@@ -195,6 +201,8 @@ class AdapterManager:
             num_host_loads=self._num_host_loads,
             last_disk_load_s=self._last_disk_load_s,
             last_host_load_s=self._last_host_load_s,
+            disk_load_s_total=self._disk_load_s_total,
+            host_load_s_total=self._host_load_s_total,
         )
 
     def close(self) -> None:
@@ -213,6 +221,7 @@ class AdapterManager:
             return
         self._num_disk_loads += 1
         self._last_disk_load_s = loaded.elapsed_s
+        self._disk_load_s_total += loaded.elapsed_s
         self._host[adapter_id] = _Host(loaded.adapter, self._clock)
 
     def _remember_failure(self, adapter_id: str, error: str) -> None:

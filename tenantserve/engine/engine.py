@@ -45,6 +45,14 @@ class EngineStats:
     max_model_len: int
     kv: BlockPoolStats
     adapters: AdapterStats | None
+    # The last step's batch (sequences, tokens) and the sequences of all steps so far
+    # (over `num_steps`: the mean batch size).
+    num_batch_seqs: int = 0
+    num_batch_tokens: int = 0
+    num_batched_seqs_total: int = 0
+    # Prompt tokens of finished requests, and how many of them the prefix cache served.
+    num_prompt_tokens_total: int = 0
+    num_cached_prompt_tokens_total: int = 0
 
 
 class LLMEngine:
@@ -97,6 +105,11 @@ class LLMEngine:
         self._pending: list[RequestOutput] = []
         self.num_steps = 0
         self.num_preemptions = 0
+        self.num_batch_seqs = 0
+        self.num_batch_tokens = 0
+        self.num_batched_seqs_total = 0
+        self.num_prompt_tokens_total = 0
+        self.num_cached_prompt_tokens_total = 0
 
     @staticmethod
     def _decode_kernel(config: EngineConfig) -> DecodeKernel | None:
@@ -180,6 +193,9 @@ class LLMEngine:
         self._charge_step_time(plan, time.perf_counter() - t0)
         self.scheduler.update(plan, sampled)
         self.num_steps += 1
+        self.num_batch_seqs = len(plan.scheduled)
+        self.num_batch_tokens = plan.num_batched_tokens
+        self.num_batched_seqs_total += self.num_batch_seqs
         now = time.monotonic()
         for request_id, token in sampled.items():
             seq = self._seqs[request_id]
@@ -212,6 +228,8 @@ class LLMEngine:
         del self._seqs[seq.request_id]
         self._generators.pop(seq.request_id, None)
         arrival = seq.request.arrival_time
+        self.num_prompt_tokens_total += seq.num_prompt_tokens
+        self.num_cached_prompt_tokens_total += seq.num_cached_tokens
         metrics = RequestMetrics(
             num_prompt_tokens=seq.num_prompt_tokens,
             num_cached_tokens=seq.num_cached_tokens,
@@ -220,6 +238,7 @@ class LLMEngine:
             ttft_s=None if seq.first_token_time is None else seq.first_token_time - arrival,
             engine_time_s=seq.engine_time_s,
             num_preemptions=seq.num_preemptions,
+            adapter_wait_s=seq.adapter_wait_s,
         )
         return RequestOutput(
             request_id=seq.request_id,
@@ -246,4 +265,9 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             kv=self.pool.stats(),
             adapters=self.adapters.stats() if self.adapters is not None else None,
+            num_batch_seqs=self.num_batch_seqs,
+            num_batch_tokens=self.num_batch_tokens,
+            num_batched_seqs_total=self.num_batched_seqs_total,
+            num_prompt_tokens_total=self.num_prompt_tokens_total,
+            num_cached_prompt_tokens_total=self.num_cached_prompt_tokens_total,
         )

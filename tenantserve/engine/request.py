@@ -21,9 +21,17 @@ class FinishReason(StrEnum):
     ERROR = "error"
 
 
+# Temperatures below this are greedy: dividing logits by a vanishing temperature overflows
+# them to inf, and the softmax of that is NaN (as vLLM does).
+MIN_SAMPLING_TEMPERATURE = 1e-5
+# The seeds a torch generator takes.
+MIN_SEED, MAX_SEED = -(2**63), 2**64 - 1
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. temperature 0 is greedy; top_k 0 means off."""
+    """How to pick tokens. temperature 0 (or below MIN_SAMPLING_TEMPERATURE) is greedy;
+    top_k 0 means off."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -45,12 +53,14 @@ class SamplingParams:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InvalidRequestError(f"top_k must be >= 0, got {self.top_k}")
+        if self.seed is not None and not MIN_SEED <= self.seed <= MAX_SEED:
+            raise InvalidRequestError(f"seed must be between {MIN_SEED} and {MAX_SEED}")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must not be empty")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,9 @@ class RequestMetrics:
     # Share of engine step wall time spent on this request (GPU-seconds basis).
     engine_time_s: float
     num_preemptions: int
+    # Waiting for its adapter to be loaded into a device slot (0.0: it was resident or on
+    # the host); None: no adapter.
+    adapter_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,9 @@ class Sequence:
         self.first_scheduled_time: float | None = None
         self.first_token_time: float | None = None
         self.engine_time_s = 0.0
+        # Adapter loading: when it first waited for a slot, and how long until it got one.
+        self.adapter_wait_since: float | None = None
+        self.adapter_wait_s: float | None = None
         # Detokenization state, owned by the output processor.
         self.output_text = ""
         self.num_emitted_chars = 0

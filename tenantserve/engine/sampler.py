@@ -40,8 +40,10 @@ class Sampler:
         if p.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, descending=True)
             cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-            # Keep the smallest prefix whose mass reaches top_p (always the first token).
+            # Keep the smallest prefix whose mass reaches top_p (always the first token:
+            # a top_p below float32's range compares as 0, which would drop every token).
             drop = cum - torch.softmax(sorted_logits, dim=-1) >= p.top_p
+            drop[0] = False
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.empty_like(logits).scatter_(0, order, sorted_logits)
         probs = torch.softmax(logits, dim=-1)

@@ -16,6 +16,7 @@ Each step:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -168,8 +169,13 @@ class Scheduler:
                     out.failed.append((seq, error))
                     continue
                 if slot is None:  # still loading: let others run
+                    if seq.adapter_wait_since is None:
+                        seq.adapter_wait_since = time.monotonic()
                     continue
                 seq.lora_slot = slot
+                if seq.adapter_wait_s is None:
+                    since = seq.adapter_wait_since
+                    seq.adapter_wait_s = 0.0 if since is None else time.monotonic() - since
             if not self._admit_one(seq, budget, planned, out):
                 if seq.lora_slot and self.adapters is not None:
                     self.adapters.release(seq.lora_slot)

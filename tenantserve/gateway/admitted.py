@@ -32,6 +32,10 @@ from tenantserve.tenancy.model import TenantContext
 if TYPE_CHECKING:
     from tenantserve.gateway.dispatch import Dispatcher
 
+# Admissions settling in tasks of their own (strong references: a task only weakly
+# referenced by the loop may be collected before it is done).
+_settling: set[asyncio.Future[None]] = set()
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -48,6 +52,10 @@ class Outcome:
     # The built-in engine's own queue time and preemptions (the request log's).
     engine_queue_s: float | None = None
     preemptions: int = 0
+    # Waiting for its adapter to load (built-in engine; None: no adapter or unknown).
+    adapter_wait_s: float | None = None
+    # The completion's text, only for a tenant that opted in to content logging.
+    completion_text: str | None = None
 
     @property
     def error(self) -> bool:
@@ -85,8 +93,12 @@ class Admission:
     # The registry version serving it (what a running rollout observes), when known.
     served_ref: str | None = None
     started_wall: float = field(default_factory=time.time)  # Unix seconds
+    # The prompt's text, only for a tenant that opted in to content logging.
+    prompt_text: str | None = None
     _closed: bool = field(default=False, init=False)
     _metered: bool = field(default=False, init=False)
+    # When its usage event was written to the outbox (Unix ns, start and end): a span.
+    metering_ns: tuple[int, int] | None = field(default=None, init=False)
 
     @property
     def max_tokens(self) -> int:
@@ -132,7 +144,9 @@ class Admission:
         event = self.usage_event(outcome)
         meter = self._dispatcher.meter
         if meter is not None:
+            written_ns = time.time_ns()
             await meter.record(event)
+            self.metering_ns = (written_ns, time.time_ns())
         self._dispatcher.request_log.write(self._record(outcome, event))
 
     def _record(self, outcome: Outcome, event: UsageEvent) -> RequestRecord:
@@ -154,15 +168,35 @@ class Admission:
             total_ms=(time.perf_counter() - self.started_at) * 1000,
             preemptions=outcome.preemptions,
             usage=event,
+            adapter=event.adapter,
+            region=event.region,
+            started_at=event.started_at,
+            adapter_wait_ms=_ms(outcome.adapter_wait_s),
+            prompt_text=self.prompt_text,
+            completion_text=outcome.completion_text if self.ctx.log_content else None,
         )
 
     async def close(self, outcome: Outcome = NEVER_RAN) -> None:
-        """Meter, then give back the slot and the reservation with what was used."""
+        """Meter, then give back the slot and the reservation with what was used; runs to
+        the end even when the caller is cancelled.
+
+        A client gone mid-stream cancels the response's task, and anyio cancels every
+        await of its clean-up after that: run inline, the usage event and the queue slot
+        were lost at the first await. So the settling runs in a task of its own, which
+        the caller's cancellation does not reach."""
         if self._closed:
             return
         self._closed = True
+        settling = asyncio.ensure_future(self._settle(outcome))
+        _settling.add(settling)
+        settling.add_done_callback(_settling.discard)
+        await asyncio.shield(settling)
+
+    async def _settle(self, outcome: Outcome) -> None:
         await self.meter(outcome)
         dispatcher = self._dispatcher
+        if dispatcher.telemetry is not None:
+            dispatcher.telemetry.finished(self, outcome)
         rollouts = dispatcher.rollouts
         if rollouts is not None and self.served_ref is not None:
             latency_s = time.perf_counter() - self.started_at
@@ -184,3 +218,7 @@ class Admission:
             await dispatcher._commit(self._reservation, total)
         finally:
             await charge
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000

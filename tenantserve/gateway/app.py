@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenantserve.admission.limiter import RateLimiter
 from tenantserve.admission.policy import PolicyConfig
 from tenantserve.admission.quota_ledger import QuotaLedger
+from tenantserve.audit.log import AuditLog
 from tenantserve.audit.recorder import AuditRecorder
 from tenantserve.billing.price_service import PriceBookService
 from tenantserve.billing.service import BillingService
@@ -39,14 +40,22 @@ from tenantserve.gateway.request_log import RequestLog
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.gateway.routes_admin import AdminRoutes
+from tenantserve.gateway.routes_audit import AuditRoutes
 from tenantserve.gateway.routes_billing import BillingRoutes
+from tenantserve.gateway.routes_evals import EvalRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
 from tenantserve.gateway.routes_registry import RegistryRoutes
+from tenantserve.gateway.routes_requests import RequestRoutes
 from tenantserve.gateway.routes_rollout import RolloutRoutes
 from tenantserve.gateway.routes_usage import UsageRoutes
 from tenantserve.metering.meter import Meter
 from tenantserve.metering.store import UsageStore
+from tenantserve.observability.middleware import TelemetryMiddleware
+from tenantserve.observability.record_store import RequestRecordStore
+from tenantserve.observability.slo_monitor import SloMonitor
+from tenantserve.observability.telemetry import Telemetry, metrics_endpoint
 from tenantserve.registry.adapter_service import AdapterService
+from tenantserve.registry.eval_service import EvalService
 from tenantserve.registry.rollout_service import RolloutService
 from tenantserve.registry.service import RegistryService
 from tenantserve.tenancy.service import TenancyService
@@ -54,6 +63,9 @@ from tenantserve.tenancy.service import TenancyService
 __all__ = ["EnginePool", "Gateway", "ServedModel", "UpstreamPool", "create_app"]
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
+DEFAULT_BODY_TIMEOUT_S = 60.0
+# Adapter uploads (up to hundreds of MB) get this many times the body timeout.
+UPLOAD_TIMEOUT_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ class Gateway:
     # Per-tenant quota usage; None: counted in this process only.
     quota_ledger: QuotaLedger | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # How long a request body may take to arrive (408 after it); None: no limit.
+    body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
     auth_cache_ttl_s: float = DEFAULT_TTL_S
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # What operators see at `GET /admin/events`; the pools' monitors append to it.
@@ -79,6 +93,8 @@ class Gateway:
     resolver: ModelResolver | None = None
     # Canary rollouts of model versions (`/admin/rollouts`); None: not served here.
     rollouts: RolloutService | None = None
+    # Eval sets and runs (`/admin/evals`, `/v1/adapters/{name}/eval-set`); None: not here.
+    evals: EvalService | None = None
     # Invoices, credits and the price book (`/v1/invoices`, `/admin/invoices`,
     # `/admin/prices`, `/admin/credits`); None: not served here.
     billing: BillingService | None = None
@@ -92,6 +108,12 @@ class Gateway:
     # The audit log every admin action and operator read of tenant data is written to;
     # None: not audited (tests of other parts).
     audit: AuditRecorder | None = None
+    # Metrics (`/metrics`, admin token) and traces; None: neither (tests of other parts).
+    telemetry: Telemetry | None = None
+    # Request records (`/v1/requests`, `/admin/requests`) and the SLOs computed from them
+    # (`/v1/slo`, `/admin/slo`); None: not served here.
+    records: RequestRecordStore | None = None
+    slo: SloMonitor | None = None
 
 
 def create_app(
@@ -112,12 +134,16 @@ def create_app(
             for pool in gateway.pools:
                 await pool.start()
                 stack.push_async_callback(pool.shutdown)
+            if gateway.telemetry is not None:
+                await gateway.telemetry.start()
+                stack.callback(gateway.telemetry.shutdown)
             if on_ready is not None:
                 on_ready()
             yield
 
-    # FastAPI's native OpenTelemetry is off: tenantserve configures no OTel provider, and
-    # with it on FastAPI looks the global providers up on every request.
+    # FastAPI's native OpenTelemetry is off: tenantserve's spans come from its own provider
+    # (`observability/tracing.py`), and with it on FastAPI looks the global providers up
+    # on every request.
     app = GatewayApp(
         title="tenantserve",
         lifespan=lifespan,
@@ -136,6 +162,7 @@ def create_app(
         rollouts=gateway.rollouts,
         meter=gateway.meter,
         request_log=gateway.request_log,
+        telemetry=gateway.telemetry,
     )
     api = OpenAIRoutes(auth, catalog, dispatcher)
 
@@ -143,6 +170,9 @@ def create_app(
         return {"status": "ok"}
 
     app.add_api_route("/health", health, methods=["GET"])
+    if gateway.telemetry is not None:
+        metrics = metrics_endpoint(gateway.telemetry, gateway.admin_token)
+        app.router.routes.append(Route("/metrics", metrics, methods=["GET"]))
     app.add_api_route("/v1/models", api.models, methods=["GET"])
     app.add_api_route("/v1/models/{model_id:path}", api.model_card, methods=["GET"])
     # The completions routes are plain Starlette routes (no dependency solving or response
@@ -151,30 +181,49 @@ def create_app(
     completions = {"/v1/chat/completions": api.chat_completions, "/v1/completions": api.completions}
     for path, endpoint in completions.items():
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
-    AdminRoutes(gateway.tenancy, auth, gateway.admin_token, gateway.events).install(app)
+    audit, token = gateway.audit, gateway.admin_token
+    AdminRoutes(gateway.tenancy, auth, token, gateway.events, audit).install(app)
     if gateway.registry is not None:
-        RegistryRoutes(gateway.registry, gateway.admin_token).install(app)
+        RegistryRoutes(gateway.registry, token, audit).install(app)
     if gateway.adapters is not None:
-        AdapterRoutes(auth, gateway.adapters).install(app)
+        AdapterRoutes(auth, gateway.adapters, audit).install(app)
     if gateway.rollouts is not None:
-        RolloutRoutes(gateway.rollouts, gateway.admin_token).install(app)
+        RolloutRoutes(gateway.rollouts, token, audit).install(app)
+    if gateway.evals is not None:
+        EvalRoutes(gateway.evals, auth, token, audit).install(app)
     if gateway.billing is not None and gateway.prices is not None:
-        BillingRoutes(gateway.billing, gateway.prices, auth, gateway.admin_token).install(app)
+        BillingRoutes(gateway.billing, gateway.prices, auth, token, audit).install(app)
     if gateway.usage is not None:
-        UsageRoutes(auth, gateway.usage, gateway.admin_token).install(app)
+        UsageRoutes(auth, gateway.usage, token, audit).install(app)
+    if isinstance(audit, AuditLog):  # the real log (not a test's recorder): readable too
+        AuditRoutes(audit, token).install(app)
+    if gateway.records is not None:
+        RequestRoutes(auth, gateway.records, gateway.slo, token, audit).install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.
     # Adapter uploads may be larger than any API request: they have their own limit.
     upload_limit = gateway.adapters.max_adapter_bytes + (1 << 20) if gateway.adapters else None
+    body_timeout_s = gateway.body_timeout_s
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=gateway.max_body_bytes,
         path_limits={"/v1/adapters": upload_limit} if upload_limit else None,
+        body_timeout_s=body_timeout_s,
+        path_timeouts=(
+            {"/v1/adapters": body_timeout_s * UPLOAD_TIMEOUT_FACTOR} if body_timeout_s else None
+        ),
     )
+    telemetry = gateway.telemetry
+    if telemetry is not None:  # the request's log / span context, inside its id
+        app.add_middleware(TelemetryMiddleware, tracer=telemetry.tracer)
     app.add_middleware(RequestIdMiddleware)
     for path, endpoint in completions.items():
         handled = _HandledEndpoint(endpoint, app)
-        limited = BodyLimitMiddleware(handled, max_body_bytes=gateway.max_body_bytes)
+        limited: ASGIApp = BodyLimitMiddleware(
+            handled, max_body_bytes=gateway.max_body_bytes, body_timeout_s=body_timeout_s
+        )
+        if telemetry is not None:
+            limited = TelemetryMiddleware(limited, telemetry.tracer)
         app.fast_routes[path] = RequestIdMiddleware(limited)
     return app
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from tenantserve.errors import AuthenticationError
+from tenantserve.observability.context import bind_tenant
 from tenantserve.tenancy.model import TenantContext
 
 DEFAULT_TTL_S = 2.0
@@ -52,14 +53,16 @@ class Authenticator:
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
 
     async def authenticate(self, authorization: str | None) -> TenantContext:
-        """The caller's context; AuthenticationError (401) when the header is missing or not
-        `Bearer <credential>`, else whatever the tenancy service raises."""
+        """The caller's context (also bound to the request's log / span context);
+        AuthenticationError (401) when the header is missing or not `Bearer <credential>`,
+        else whatever the tenancy service raises."""
         credential = bearer_credential(authorization)
         digest = hashlib.sha256(credential.encode()).digest()
         now = self._clock()
         entry = self._cache.get(digest)
         if entry is not None:
             if entry.expires_at > now:
+                bind_tenant(entry.ctx.tenant_id)
                 return entry.ctx
             del self._cache[digest]
         ctx = await self._verifier.authenticate(credential)
@@ -67,6 +70,7 @@ class Authenticator:
             self._cache[digest] = _Entry(ctx, now + self._ttl_s)
             if len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)  # the oldest entry
+        bind_tenant(ctx.tenant_id)
         return ctx
 
     def invalidate_tenant(self, tenant_id: str) -> None:

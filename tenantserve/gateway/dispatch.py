@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from tenantserve.admission.limiter import RateLimiter, Reject, Reservation
 from tenantserve.admission.limits import RateLimits
@@ -41,12 +42,13 @@ from tenantserve.gateway.catalog import ModelCatalog
 from tenantserve.gateway.errors import (
     ApiError,
     api_error_from_denied,
+    api_error_from_overload,
     api_error_from_reject,
 )
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool, Pool
 from tenantserve.gateway.quota_gate import QuotaGate
-from tenantserve.gateway.request_log import RequestLog
+from tenantserve.gateway.request_log import RequestLog, rejected_record
 from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.shadow import ShadowMirror
@@ -55,8 +57,11 @@ from tenantserve.metering.events import UsageStatus
 from tenantserve.metering.meter import Meter
 from tenantserve.registry.adapters import adapter_rollout_key, parse_adapter_ref
 from tenantserve.registry.rollout_service import RolloutService
-from tenantserve.scheduling.fair_queue import Ticket
+from tenantserve.scheduling.fair_queue import Overloaded, Ticket
 from tenantserve.tenancy.model import TenantContext
+
+if TYPE_CHECKING:
+    from tenantserve.observability.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +114,11 @@ class Dispatcher:
         rollouts: RolloutService | None = None,
         meter: Meter | None = None,
         request_log: RequestLog | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.meter = meter
+        # Metrics and traces of each admitted request's end and each refusal.
+        self.telemetry = telemetry
         self.request_log = request_log if request_log is not None else RequestLog()
         self.resolver = resolver
         self.rollouts = rollouts
@@ -136,9 +144,47 @@ class Dispatcher:
         resolved: Resolved | None = None,
     ) -> Admission:
         """Decide, reserve, queue; raises ApiError (denied, rate limited) or Overloaded
-        (queue). Nothing is held once it raises. `resolved`: what `resolve` found for a
-        name outside the static catalog."""
-        started = time.perf_counter()
+        (queue), after writing the refusal's request record. Nothing is held once it
+        raises. `resolved`: what `resolve` found for a name outside the static catalog."""
+        started_wall, started = time.time(), time.perf_counter()
+        try:
+            admission = await self._admit(
+                ctx, request_id, body, num_prompt_tokens, prompt_param, resolved, started
+            )
+        except (ApiError, Overloaded) as e:
+            error = api_error_from_overload(e) if isinstance(e, Overloaded) else e
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.request_log.write(
+                rejected_record(
+                    request_id,
+                    ctx.tenant_id,
+                    ctx.tier.value,
+                    ctx.region.value,
+                    body.model,
+                    error.status,
+                    error.detail.code,
+                    started_wall,
+                    elapsed_ms,
+                )
+            )
+            if self.telemetry is not None:
+                model = self.model_label(ctx, body.model, resolved)
+                self.telemetry.rejected(ctx, model, e, started)
+            raise
+        if ctx.log_content:
+            admission.prompt_text = body.prompt_text()
+        return admission
+
+    async def _admit(
+        self,
+        ctx: TenantContext,
+        request_id: str,
+        body: Body,
+        num_prompt_tokens: int,
+        prompt_param: str,
+        resolved: Resolved | None,
+        started: float,
+    ) -> Admission:
         admission = AdmissionRequest(body.model, num_prompt_tokens, body.requested_max_tokens())
         routes = self.catalog.routes(ctx)
         if resolved is not None:
@@ -189,6 +235,14 @@ class Dispatcher:
             headers=resolved.headers if resolved is not None else {},
             served_ref=self._served_ref(pool, resolved),
         )
+
+    def model_label(self, ctx: TenantContext, model: str, resolved: Resolved | None) -> str:
+        """What a metric may call the model a request named: the catalog or registry name
+        it resolves to for the caller, `unknown` for anything else (a client string)."""
+        if resolved is not None:
+            return resolved.route.target
+        route = self.catalog.routes(ctx).get(model)
+        return route.target if route is not None else "unknown"
 
     def mirrors(self, admission: Admission) -> bool:
         """Whether a rollout shadows this request (its answer is then mirrored)."""
@@ -307,7 +361,11 @@ class Dispatcher:
         if not isinstance(pool, EnginePool):
             await admission.close(NEVER_RAN)
             raise TypeError(f"pool {pool.name} is not an engine pool")
-        sampling = sampling_for(admission, body)
+        try:
+            sampling = sampling_for(admission, body)
+        except InvalidRequestError:
+            await admission.close(NEVER_RAN)  # its seat and rate-limit slot back
+            raise
         request = EngineRequest(
             request_id=admission.request_id,
             prompt_token_ids=tuple(prompt),
@@ -332,8 +390,11 @@ class Dispatcher:
                 status = UsageStatus.CANCELLED
             else:
                 status = UsageStatus.COMPLETED
+            text = generation.text_parts
             await admission.close(
                 Outcome(
+                    completion_text="".join(text) if text is not None else None,
+                    adapter_wait_s=metrics.adapter_wait_s if metrics else None,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
                     cached_tokens=usage.prompt_tokens_details.cached_tokens,
@@ -347,11 +408,14 @@ class Dispatcher:
             )
 
         try:
-            return await Generation.start(pool.engine, request, on_close=release)
+            generation = await Generation.start(pool.engine, request, on_close=release)
         except BaseException as e:
             # A no-op when `release` ran.
             await admission.close(FAILED_AT_START if is_failure(e) else NEVER_RAN)
             raise
+        if admission.ctx.log_content:
+            generation.text_parts = []  # the text is kept for the request record
+        return generation
 
     async def _commit(self, reservation: Reservation, actual_tokens: int) -> None:
         try:

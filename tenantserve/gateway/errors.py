@@ -8,6 +8,7 @@
       (limiter Reject)        rate_limit_exceeded, Retry-After             -> 429
                               limiter_unavailable (fail closed)            -> 503
     ClientGone                the client hung up before the response       -> 499, no body
+    ClientDisconnect (starlette)  ... or while sending its body            -> 499, no body
     AuthenticationError       missing / invalid / expired / revoked        -> 401
     PermissionDeniedError     valid credentials, not allowed               -> 403
       TenantSuspendedError                                                 -> 403
@@ -20,6 +21,7 @@
     EngineError               the engine failed                            -> 500
       EngineDeadError         the engine is restarting                     -> 503
     HTTPException (starlette) unknown path, wrong method                   -> its status
+    RequestValidationError    a path / query parameter FastAPI refused     -> 400
     anything else             logged                                       -> 500
 """
 
@@ -31,9 +33,11 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from tenantserve.admission.limiter import Reject
 from tenantserve.admission.policy import Denied
@@ -199,6 +203,15 @@ def install_error_handlers(app: FastAPI) -> None:
         error = ApiError(exc.status_code, str(exc.detail), code=code)
         return error.response()
 
+    async def invalid_parameter(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ())]
+        param = loc[-1] if loc else None
+        message = f"{'.'.join(loc) or 'request'}: {first.get('msg', 'invalid')}"
+        return ApiError(400, message, param=param).response()
+
     async def auth_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AuthError)
         return api_error_from_auth(exc).response()
@@ -226,5 +239,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidRequestError, engine_error)
     app.add_exception_handler(EngineError, engine_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_parameter)
     app.add_exception_handler(ClientGone, client_gone)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)

@@ -4,11 +4,14 @@ RequestIdMiddleware   outermost: a fresh `req_<32 hex>` per request, in the scop
                       routes (`request_id(request)`) and in every response's
                       `x-request-id` header, errors included
 BodyLimitMiddleware   refuses a body above the limit with 413: at once from its
-                      Content-Length, or as soon as the streamed body crosses it
+                      Content-Length, or as soon as the streamed body crosses it; and
+                      one that has not fully arrived within the body timeout with 408
+                      (a client trickling its body in holds no handler for long)
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import Mapping
@@ -65,40 +68,61 @@ class RequestIdMiddleware:
 
 class BodyLimitMiddleware:
     """413 in OpenAI's shape for a request body larger than `max_body_bytes`, or than the
-    limit of the longest matching path prefix in `path_limits` (adapter uploads)."""
+    limit of the longest matching path prefix in `path_limits` (adapter uploads); 408 for
+    one still incomplete `body_timeout_s` after the request started (None: no timeout),
+    or the timeout of the longest matching prefix in `path_timeouts`."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, path_limits: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        path_limits: Mapping[str, int] | None = None,
+        body_timeout_s: float | None = None,
+        path_timeouts: Mapping[str, float] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.path_limits = sorted((path_limits or {}).items(), key=lambda kv: -len(kv[0]))
+        self.body_timeout_s = body_timeout_s
+        self.path_timeouts = sorted((path_timeouts or {}).items(), key=lambda kv: -len(kv[0]))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
-        if self.path_limits:
-            path = scope.get("path", "")
-            limit = next((n for p, n in self.path_limits if path.startswith(p)), limit)
+        path = scope.get("path", "")
+        limit = next((n for p, n in self.path_limits if path.startswith(p)), self.max_body_bytes)
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             await _too_large(limit).response()(scope, receive, send)
             return
+        timeout_s = next((t for p, t in self.path_timeouts if path.startswith(p)), None)
+        timeout_s = self.body_timeout_s if timeout_s is None else timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
 
         received = 0
+        body_done = False
         started = False
-        too_large: ApiError | None = None
+        refused: ApiError | None = None
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, refused, body_done
+            if body_done or deadline is None:
+                message = await receive()  # the body is in: waiting for a disconnect
+            else:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    refused = _too_slow(timeout_s or 0.0)
+                    raise refused from None  # the route's error handler answers 408
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
-                    too_large = _too_large(limit)
-                    raise too_large  # the route's error handler answers 413
+                    refused = _too_large(limit)
+                    raise refused  # the route's error handler answers 413
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -110,9 +134,9 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except ApiError as e:
-            if too_large is None or e is not too_large or started:
+            if refused is None or e is not refused or started:
                 raise
-            await too_large.response()(scope, receive, send)
+            await refused.response()(scope, receive, send)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -120,6 +144,15 @@ def _too_large(limit: int) -> ApiError:
         413,
         f"The request body is larger than the limit of {limit} bytes.",
         code="request_too_large",
+    )
+
+
+def _too_slow(timeout_s: float) -> ApiError:
+    return ApiError(
+        408,
+        f"The request body did not arrive within {timeout_s:g} s.",
+        code="request_timeout",
+        headers={"Connection": "close"},  # the rest of the body is not awaited
     )
 
 

@@ -1,5 +1,6 @@
-"""The request log: one JSON line per request that reached a backend, with who asked,
-where it ran, what it used, where its time went, and its usage event.
+"""The request log: one JSON line per request that reached a backend (and one per request
+refused at admission, `status` "rejected" with its HTTP status and error code), with who
+asked, where it ran, what it used, where its time went, and its usage event.
 
     {"request_id", "tenant_id", "tier", "pool", "model", "status",
      "prompt_tokens", "completion_tokens", "cached_tokens",
@@ -8,7 +9,12 @@ where it ran, what it used, where its time went, and its usage event.
      "engine_queue_ms"   in the engine before its first step (built-in engine)
      "ttft_ms"           admitted -> first token (engine) or first byte (upstream)
      "total_ms", "preemptions",
-     "usage"             the request's `UsageEvent` (what reconciliation re-emits)}
+     "usage"             the request's `UsageEvent` (what reconciliation re-emits),
+     "adapter", "region", "started_at" (Unix s), "http_status", "error_code",
+     "adapter_wait_ms"   waiting for its adapter to load into a slot (built-in engine)}
+
+Opted-in prompt / completion text never goes to these lines, only to the request
+records store (a third sink, `RequestLog(sink=...)`: `observability/record_writer.py`).
 
 Two sinks: the `tenantserve.requests` logger (`tenantserve up` prints it on stderr;
 operators ship it like any structured log) and, when configured, `RequestLogFiles`:
@@ -24,7 +30,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +48,7 @@ class RequestRecord:
     tier: str
     pool: str
     model: str
-    status: str  # a `UsageStatus` value
+    status: str  # a `UsageStatus` value, or "rejected" (refused at admission)
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -53,10 +59,27 @@ class RequestRecord:
     total_ms: float
     preemptions: int = 0
     usage: UsageEvent | None = field(default=None, repr=False)
+    adapter: str = ""
+    region: str = ""
+    started_at: float = 0.0  # Unix seconds
+    http_status: int | None = None  # rejected requests: the status they were refused with
+    error_code: str | None = None
+    adapter_wait_ms: float | None = None
+    # Only for tenants that opted in (`Tenant.log_content`); never in the log lines.
+    prompt_text: str | None = field(default=None, repr=False)
+    completion_text: str | None = field(default=None, repr=False)
+
+    @property
+    def failed(self) -> bool:
+        """Failed on our side (engine / upstream error, a 5xx refusal): what availability
+        counts against us."""
+        return self.status == "error" or (self.http_status or 0) >= 500
 
     def to_json(self) -> str:
         fields: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
+            if name in _CONTENT_FIELDS:
+                continue
             value = getattr(self, name)
             if isinstance(value, float):
                 value = round(value, 3)
@@ -64,6 +87,44 @@ class RequestRecord:
                 value = value.to_dict()
             fields[name] = value
         return json.dumps(fields, separators=(",", ":"))
+
+
+_CONTENT_FIELDS = frozenset({"prompt_text", "completion_text"})
+REJECTED = "rejected"
+
+
+def rejected_record(
+    request_id: str,
+    tenant_id: str,
+    tier: str,
+    region: str,
+    model: str,
+    http_status: int,
+    error_code: str | None,
+    started_at: float,
+    elapsed_ms: float,
+) -> RequestRecord:
+    """The record of a request refused at admission (it never reached a backend)."""
+    return RequestRecord(
+        request_id=request_id,
+        tenant_id=tenant_id,
+        tier=tier,
+        pool="",
+        model=model,
+        status=REJECTED,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cached_tokens=0,
+        admission_ms=elapsed_ms,
+        queue_ms=0.0,
+        engine_queue_ms=None,
+        ttft_ms=None,
+        total_ms=elapsed_ms,
+        region=region,
+        started_at=started_at,
+        http_status=http_status,
+        error_code=error_code,
+    )
 
 
 class RequestLogFiles:
@@ -129,12 +190,20 @@ def _events_in(path: Path, t0: float, t1: float) -> Iterator[UsageEvent]:
 
 
 class RequestLog:
-    """Where request records go: the logger, and the files when configured."""
+    """Where request records go: the logger, the files when configured, and `sink` (the
+    request records store's background writer; must not block)."""
 
-    def __init__(self, files: RequestLogFiles | None = None) -> None:
+    def __init__(
+        self,
+        files: RequestLogFiles | None = None,
+        sink: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
         self.files = files
+        self.sink = sink
 
     def write(self, record: RequestRecord) -> None:
+        if self.sink is not None:
+            self.sink(record)
         to_logger = logger.isEnabledFor(logging.INFO)
         if not to_logger and self.files is None:
             return

@@ -18,6 +18,7 @@ validating, a rollout of the name running, or a concurrent upload of the same ve
 413 `adapter_too_large`. The file parts are spooled to disk
 by the multipart parser and copied in chunks; the body-size limit middleware applies
 first, so `TENANTSERVE_MAX_BODY_BYTES` must be above `TENANTSERVE_MAX_ADAPTER_BYTES`.
+Uploads and deletions are recorded in the audit log, with the tenant as the actor.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import AuditRecorder, NullRecorder, tenant_actor
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.errors import ApiError
 from tenantserve.registry.adapter_service import AdapterService, UploadPart
@@ -71,9 +74,12 @@ def version_json(a: Adapter) -> dict[str, Any]:
 class AdapterRoutes:
     """Handlers of `/v1/adapters...`; each authenticates the tenant first."""
 
-    def __init__(self, auth: Authenticator, service: AdapterService) -> None:
+    def __init__(
+        self, auth: Authenticator, service: AdapterService, audit: AuditRecorder | None = None
+    ) -> None:
         self.auth = auth
         self.service = service
+        self.audit = audit if audit is not None else NullRecorder()
 
     def install(self, app: FastAPI) -> None:
         """Add the adapter routes to `app`."""
@@ -111,7 +117,9 @@ class AdapterRoutes:
             raise ApiError(413, str(e), code="adapter_too_large") from e
         finally:
             await form.close()
-        return JSONResponse(adapter_json(adapter), status_code=201)
+        out = adapter_json(adapter)
+        await self._record(ctx, actions.adapter_changed("adapter.upload", out))
+        return JSONResponse(out, status_code=201)
 
     async def list_adapters(self, request: Request) -> dict[str, Any]:
         ctx = await self._tenant(request)
@@ -126,7 +134,12 @@ class AdapterRoutes:
 
     async def delete_adapter(self, request: Request, name: str) -> dict[str, Any]:
         ctx = await self._tenant(request)
-        return adapter_json(await self.service.delete(ctx, name))
+        out = adapter_json(await self.service.delete(ctx, name))
+        await self._record(ctx, actions.adapter_changed("adapter.delete", out))
+        return out
+
+    async def _record(self, ctx: TenantContext, action: actions.Action) -> None:
+        await self.audit.record(tenant_actor(ctx.tenant_id), *action)
 
     async def _tenant(self, request: Request) -> TenantContext:
         return await self.auth.authenticate(request.headers.get("authorization"))

@@ -6,7 +6,8 @@ Bearer admin token.
     GET    /admin/tenants/{id}                                           -> tenant
     PATCH  /admin/tenants/{id}         {"name"?, "tier"?, "region"?, "status"?, "limits"?,
                                         "quotas"?: [{"metric", "period", "limit",
-                                                     "enforcement"}]}  -> tenant
+                                                     "enforcement"}],
+                                        "log_content"?: bool}           -> tenant
     POST   /admin/tenants/{id}/keys    {"expires_days"?, "allowed_models"?} -> 201 key + `key`
     GET    /admin/tenants/{id}/keys                                      -> {"data": [key]}
     DELETE /admin/keys/{key_id}        revoke (idempotent)               -> key
@@ -16,7 +17,8 @@ JSON as `tenancy/views.py` writes it (the CLI prints the same). A missing or wro
 401 (tenant keys included); bad fields are 400, unknown ids 404. `quotas` replaces the
 tenant's whole list (`[]` removes them). Changes that affect authentication (status,
 tier, region, limits, quotas, revocation) drop the tenant's or key's cached credentials
-at once.
+at once. Every change (and every read of the event log) is recorded in the audit log
+after it succeeded, with what changed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.gateway.auth import Authenticator, check_admin
 from tenantserve.gateway.errors import parse_body
 from tenantserve.gateway.events import EventLog
@@ -53,6 +57,8 @@ class TenantPatch(_Strict):
     limits: dict[str, int | None] | None = None
     # The whole new list; each item is checked by `Quota.from_dict` (400 naming the choices).
     quotas: list[dict[str, Any]] | None = None
+    # Opt-in: the tenant's request records keep prompt and completion text.
+    log_content: bool | None = None
 
 
 class KeyCreate(_Strict):
@@ -64,11 +70,17 @@ class AdminRoutes:
     """Handlers of `/admin/...`; each checks the admin token first."""
 
     def __init__(
-        self, tenancy: TenancyService, auth: Authenticator, admin_token: str, events: EventLog
+        self,
+        tenancy: TenancyService,
+        auth: Authenticator,
+        admin_token: str,
+        events: EventLog,
+        audit: AuditRecorder | None = None,
     ) -> None:
         self.tenancy = tenancy
         self.auth = auth
         self.events = events
+        self.audit = audit if audit is not None else NullRecorder()
         self._token = admin_token.encode()
 
     def install(self, app: FastAPI) -> None:
@@ -86,7 +98,9 @@ class AdminRoutes:
         self._check(request)
         body = await parse_body(request, TenantCreate)
         tenant = await self.tenancy.create_tenant(body.name, body.tier, body.region)
-        return JSONResponse(tenant_json(tenant), status_code=201)
+        out = tenant_json(tenant)
+        await self.audit.record(ADMIN_ACTOR, *actions.tenant_created(out))
+        return JSONResponse(out, status_code=201)
 
     async def list_tenants(self, request: Request) -> dict[str, Any]:
         self._check(request)
@@ -100,6 +114,7 @@ class AdminRoutes:
     async def update_tenant(self, request: Request, tenant_id: str) -> dict[str, Any]:
         self._check(request)
         body = await parse_body(request, TenantPatch)
+        before = await actions.state_before(self.tenancy.get_tenant(tenant_id), tenant_json)
         tenant = await self.tenancy.update_tenant(
             tenant_id,
             name=body.name,
@@ -108,14 +123,18 @@ class AdminRoutes:
             status=body.status,
             limits=body.limits,
             quotas=body.quotas,
+            log_content=body.log_content,
         )
         self.auth.invalidate_tenant(tenant.id)
-        return tenant_json(tenant)
+        after = tenant_json(tenant)
+        await self.audit.record(ADMIN_ACTOR, *actions.tenant_updated(before, after))
+        return after
 
     async def create_key(self, request: Request, tenant_id: str) -> JSONResponse:
         self._check(request)
         body = await parse_body(request, KeyCreate)
         new = await self.tenancy.create_key(tenant_id, body.expires_days, body.allowed_models)
+        await self.audit.record(ADMIN_ACTOR, *actions.key_created(key_json(new.key)))
         return JSONResponse(key_json(new.key, new.plaintext), status_code=201)
 
     async def list_keys(self, request: Request, tenant_id: str) -> dict[str, Any]:
@@ -127,11 +146,15 @@ class AdminRoutes:
         self._check(request)
         key = await self.tenancy.revoke_key(key_id)
         self.auth.invalidate_key(key.id)
-        return key_json(key)
+        out = key_json(key)
+        await self.audit.record(ADMIN_ACTOR, *actions.key_revoked(out))
+        return out
 
     async def list_events(self, request: Request) -> dict[str, Any]:
         self._check(request)
-        return {"object": "list", "data": [e.to_json() for e in self.events.events()]}
+        events = [e.to_json() for e in self.events.events()]
+        await self.audit.record(ADMIN_ACTOR, *actions.events_read(len(events)))
+        return {"object": "list", "data": events}
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""

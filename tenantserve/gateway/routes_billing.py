@@ -26,7 +26,8 @@ Admin (Bearer admin token):
 JSON as `billing/views.py` writes it; money as decimal strings, and amounts must be sent
 as strings (or integers), never floats. Errors in OpenAI's shape: bad fields 400, unknown
 ids 404, a finalized invoice changed (or a draft credited or exported) 409, the payment
-provider failing 502, no provider configured 503.
+provider failing 502, no provider configured 503. Every admin change (generate, finalize,
+credit notes, exports, prices, credits) is recorded in the audit log once done.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.billing.invoice import Invoice, InvoiceStateError
 from tenantserve.billing.price_service import PriceBookService, parse_time
 from tenantserve.billing.service import BillingService
@@ -126,10 +129,12 @@ class BillingRoutes:
         prices: PriceBookService,
         auth: Authenticator,
         admin_token: str,
+        audit: AuditRecorder | None = None,
     ) -> None:
         self.billing = billing
         self.prices = prices
         self.auth = auth
+        self.audit = audit if audit is not None else NullRecorder()
         self._token = admin_token.encode()
 
     def install(self, app: FastAPI) -> None:
@@ -168,7 +173,9 @@ class BillingRoutes:
             generated = await self.billing.generate(body.period, body.tenant_id)
         except InvoiceStateError as e:
             raise ApiError(409, str(e), code=e.code) from e
-        return {"object": "list", "data": [generated_json(g) for g in generated]}
+        data = [generated_json(g) for g in generated]
+        await self._record(actions.invoices_generated(body.period, body.tenant_id, data))
+        return {"object": "list", "data": data}
 
     async def list_invoices(
         self, request: Request, tenant_id: str | None = None, period: str | None = None
@@ -186,9 +193,11 @@ class BillingRoutes:
     async def finalize(self, request: Request, invoice_id: str) -> dict[str, Any]:
         self._check(request)
         try:
-            return invoice_json(await self.billing.finalize(invoice_id))
+            out = invoice_json(await self.billing.finalize(invoice_id))
         except InvoiceStateError as e:
             raise ApiError(409, str(e), code=e.code) from e
+        await self._record(actions.invoice_finalized(out))
+        return out
 
     async def credit_note(self, request: Request, invoice_id: str) -> JSONResponse:
         self._check(request)
@@ -197,7 +206,9 @@ class BillingRoutes:
             note = await self.billing.credit_note(invoice_id, body.reason, body.amount_usd)
         except InvoiceStateError as e:
             raise ApiError(409, str(e), code=e.code) from e
-        return JSONResponse(credit_note_json(note), status_code=201)
+        out = credit_note_json(note)
+        await self._record(actions.credit_note_issued(out))
+        return JSONResponse(out, status_code=201)
 
     async def reproduce(self, request: Request, invoice_id: str) -> dict[str, Any]:
         self._check(request)
@@ -213,7 +224,9 @@ class BillingRoutes:
             raise ApiError(503, str(e), "server_error", code="not_configured") from e
         except ExportError as e:
             raise ApiError(502, str(e), "server_error", code="payment_provider_error") from e
-        return export_json(invoice_id, result)
+        out = export_json(invoice_id, result)
+        await self._record(actions.invoice_exported(out))
+        return out
 
     async def costs(self, request: Request, period: str | None = None) -> dict[str, Any]:
         self._check(request)
@@ -250,6 +263,7 @@ class BillingRoutes:
                 _required(body.usd_per_engine_hour, "usd_per_engine_hour"), body.effective_from
             )
             out = engine_cost_json(cost)
+        await self._record(actions.price_set(out))
         return JSONResponse(out, status_code=201)
 
     async def grant_credit(self, request: Request) -> JSONResponse:
@@ -261,12 +275,17 @@ class BillingRoutes:
             body.reason,
             parse_time(body.expires_at, "expires_at"),
         )
-        return JSONResponse(credit_json(grant), status_code=201)
+        out = credit_json(grant)
+        await self._record(actions.credit_granted(out))
+        return JSONResponse(out, status_code=201)
 
     async def list_credits(self, request: Request, tenant_id: str | None = None) -> dict[str, Any]:
         self._check(request)
         grants = await self.billing.credits(tenant_id)
         return {"object": "list", "data": [credit_json(g) for g in grants]}
+
+    async def _record(self, action: actions.Action) -> None:
+        await self.audit.record(ADMIN_ACTOR, *action)
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""

@@ -21,6 +21,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
@@ -222,6 +223,8 @@ class OpenAIRoutes:
             text = _reply_text(reply.body)
             self.dispatcher.mirror(admission, body, raw, None, path, text)
         outcome = _upstream_outcome(admission, reply.usage, upstream_s, UsageStatus.COMPLETED)
+        if admission.ctx.log_content:
+            outcome = replace(outcome, completion_text=_reply_text(reply.body))
         await admission.meter(outcome)  # the usage event is durable before the answer
         headers = _server_timing(admission, upstream_s)
         # The commit (a Redis round trip) runs after the response has left.

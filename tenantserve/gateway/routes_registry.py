@@ -12,7 +12,8 @@
 `path` is a directory (or file) on the server's file system; its files are streamed into
 the artifact store. JSON as `registry/views.py` writes it (the CLI prints the same). A
 missing or wrong token is 401; bad fields, an immutable version registered with other
-content, and refused transitions are 400; unknown models 404.
+content, and refused transitions are 400; unknown models 404. Registrations, deprecations
+and archivals are recorded in the audit log once done.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.gateway.auth import check_admin
 from tenantserve.gateway.errors import parse_body
 from tenantserve.registry.service import DEFAULT_RUNTIMES, RegistryService
@@ -59,8 +62,11 @@ class VersionArchive(_Strict):
 class RegistryRoutes:
     """Handlers of `/admin/models...`; each checks the admin token first."""
 
-    def __init__(self, registry: RegistryService, admin_token: str) -> None:
+    def __init__(
+        self, registry: RegistryService, admin_token: str, audit: AuditRecorder | None = None
+    ) -> None:
         self.registry = registry
+        self.audit = audit if audit is not None else NullRecorder()
         self._token = admin_token.encode()
 
     def install(self, app: FastAPI) -> None:
@@ -88,9 +94,9 @@ class RegistryRoutes:
             status=body.status,
             scope=body.scope,
         )
-        return JSONResponse(
-            version_json(result.version), status_code=201 if result.created else 200
-        )
+        out = version_json(result.version)
+        await self.audit.record(ADMIN_ACTOR, *actions.model_registered(out, result.created))
+        return JSONResponse(out, status_code=201 if result.created else 200)
 
     async def list_versions(self, request: Request) -> dict[str, Any]:
         self._check(request)
@@ -105,16 +111,20 @@ class RegistryRoutes:
     async def deprecate(self, request: Request, name: str, version: str) -> dict[str, Any]:
         self._check(request)
         body = await parse_body(request, VersionDeprecate)
-        deprecated = await self.registry.deprecate(
-            f"{name}@{version}", body.end_date, body.replacement
-        )
-        return version_json(deprecated)
+        ref = f"{name}@{version}"
+        before = await actions.state_before(self.registry.get(ref), version_json)
+        after = version_json(await self.registry.deprecate(ref, body.end_date, body.replacement))
+        await self.audit.record(ADMIN_ACTOR, *actions.model_deprecated(before, after))
+        return after
 
     async def archive(self, request: Request, name: str, version: str) -> dict[str, Any]:
         self._check(request)
         body = await parse_body(request, VersionArchive)
-        archived = await self.registry.archive(f"{name}@{version}", body.replacement)
-        return version_json(archived)
+        ref = f"{name}@{version}"
+        before = await actions.state_before(self.registry.get(ref), version_json)
+        after = version_json(await self.registry.archive(ref, body.replacement))
+        await self.audit.record(ADMIN_ACTOR, *actions.model_archived(before, after))
+        return after
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""

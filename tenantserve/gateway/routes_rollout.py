@@ -13,7 +13,8 @@
 
 JSON as `registry/rollout_views.py` writes it (the CLI prints the same). A missing or wrong
 token is 401; bad fields, a second running rollout of one model and refused steps are
-400; unknown models, versions and rollouts 404.
+400; unknown models, versions and rollouts 404. Starts, promotions and rollbacks are
+recorded in the audit log once done (with the step moved from and to).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.gateway.auth import check_admin
 from tenantserve.gateway.errors import parse_body, parse_json
 from tenantserve.registry.rollout import (
@@ -63,8 +66,11 @@ class RolloutStep(_Strict):
 class RolloutRoutes:
     """Handlers of `/admin/rollouts...`; each checks the admin token first."""
 
-    def __init__(self, rollouts: RolloutService, admin_token: str) -> None:
+    def __init__(
+        self, rollouts: RolloutService, admin_token: str, audit: AuditRecorder | None = None
+    ) -> None:
         self.rollouts = rollouts
+        self.audit = audit if audit is not None else NullRecorder()
         self._token = admin_token.encode()
 
     def install(self, app: FastAPI) -> None:
@@ -81,7 +87,9 @@ class RolloutRoutes:
         body = await parse_body(request, RolloutStart)
         options = body.model_dump(exclude={"model", "candidate"})
         rollout = await self.rollouts.start(body.model, body.candidate, **options)
-        return JSONResponse(rollout_json(rollout, self.rollouts.stats(rollout.model)), 201)
+        out = rollout_json(rollout, self.rollouts.stats(rollout.model))
+        await self.audit.record(ADMIN_ACTOR, *actions.rollout_started(out, body.reason))
+        return JSONResponse(out, 201)
 
     async def list_active(self, request: Request) -> dict[str, Any]:
         self._check(request)
@@ -100,14 +108,21 @@ class RolloutRoutes:
     async def promote(self, request: Request, model: str) -> dict[str, Any]:
         self._check(request)
         body = await _step_body(request)
+        before = await actions.state_before(self.rollouts.status(model), rollout_json)
         rollout = await self.rollouts.promote(model, body.reason)
-        return rollout_json(rollout, self.rollouts.stats(model) if rollout.is_active else None)
+        out = rollout_json(rollout, self.rollouts.stats(model) if rollout.is_active else None)
+        step = actions.rollout_stepped("rollout.promote", before, out, body.reason)
+        await self.audit.record(ADMIN_ACTOR, *step)
+        return out
 
     async def rollback(self, request: Request, model: str) -> dict[str, Any]:
         self._check(request)
         body = await _step_body(request)
-        rollout = await self.rollouts.rollback(model, body.reason)
-        return rollout_json(rollout)
+        before = await actions.state_before(self.rollouts.status(model), rollout_json)
+        out = rollout_json(await self.rollouts.rollback(model, body.reason))
+        step = actions.rollout_stepped("rollout.rollback", before, out, body.reason)
+        await self.audit.record(ADMIN_ACTOR, *step)
+        return out
 
     def _check(self, request: Request) -> None:
         """AuthenticationError (401) unless the request carries the admin token."""

@@ -8,7 +8,8 @@ seconds; the default window ends now and starts an hour ago (minute), at the sta
 the UTC month (hour, day) or year (month). `granularity` is
 minute, hour (default), day or month. Buckets carry `input_tokens`,
 `cached_input_tokens`, `output_tokens` (billable tokens), `requests`, `errors`,
-`cancelled` and `engine_seconds`, per model and adapter; `total` sums them.
+`cancelled` and `engine_seconds`, per model and adapter; `total` sums them. Each operator
+read is recorded in the audit log (`usage.read`, the tenant as the target).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from tenantserve.audit import actions
+from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.gateway.auth import Authenticator, check_admin
 from tenantserve.gateway.errors import ApiError
 from tenantserve.metering.store import Granularity, UsageStore, truncate
@@ -79,10 +82,17 @@ def usage_window(
 
 
 class UsageRoutes:
-    def __init__(self, auth: Authenticator, store: UsageStore, admin_token: str) -> None:
+    def __init__(
+        self,
+        auth: Authenticator,
+        store: UsageStore,
+        admin_token: str,
+        audit: AuditRecorder | None = None,
+    ) -> None:
         self.auth = auth
         self.store = store
         self.admin_token = admin_token
+        self.audit = audit if audit is not None else NullRecorder()
 
     def install(self, app: FastAPI) -> None:
         app.add_api_route("/v1/usage", self.tenant_usage, methods=["GET"])
@@ -111,6 +121,8 @@ class UsageRoutes:
         self._require_admin(request)
         t0, t1, g = usage_window(start, end, granularity)
         report = await self.store.usage(tenant or None, t0, t1, g)
+        read = actions.usage_read(tenant or None, t0.isoformat(), t1.isoformat(), g.value)
+        await self.audit.record(ADMIN_ACTOR, *read)
         return report.to_dict()
 
     def _require_admin(self, request: Request) -> None:

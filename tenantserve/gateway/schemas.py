@@ -50,7 +50,7 @@ class _SamplingFields(BaseModel):
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None  # an extension, as in vLLM
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None  # a torch seed
     stop: str | list[str] | None = None
     n: Literal[1] = 1
     stream: bool = False
@@ -93,6 +93,10 @@ class ChatCompletionRequest(_SamplingFields):
         upstream pool's model): admission reserves it, the upstream's usage corrects it."""
         return sum(estimate_tokens(m.text()) + TOKENS_PER_MESSAGE for m in self.messages)
 
+    def prompt_text(self) -> str:
+        """The messages as `role: text` lines (what an opted-in request record keeps)."""
+        return "\n".join(f"{m.role}: {m.text()}" for m in self.messages)
+
 
 class CompletionRequest(_SamplingFields):
     """POST /v1/completions: a text prompt, or token ids."""
@@ -122,6 +126,14 @@ class CompletionRequest(_SamplingFields):
         if isinstance(self.prompt[0], str):
             return estimate_tokens(str(self.prompt[0]))
         return len(self.prompt)
+
+    def prompt_text(self) -> str:
+        """The prompt (token ids as a JSON list), what an opted-in request record keeps."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if isinstance(self.prompt[0], str):
+            return str(self.prompt[0])
+        return "[" + ",".join(str(t) for t in self.prompt) + "]"
 
 
 def estimate_tokens(text: str) -> int:

@@ -48,6 +48,8 @@ class Generation:
         self.start_error: BaseException | None = None
         # Unix time of the first output carrying tokens.
         self.first_token_at: float | None = None
+        # The text so far, kept only when set to a list (content logging opted in).
+        self.text_parts: list[str] | None = None
 
     @classmethod
     async def start(
@@ -117,6 +119,8 @@ class Generation:
         if out.new_token_ids and self.first_token_at is None:
             self.first_token_at = time.time()
         self.num_completion_tokens += len(out.new_token_ids)
+        if self.text_parts is not None and out.text_delta:
+            self.text_parts.append(out.text_delta)
         if out.metrics is not None:
             self.metrics = out.metrics
         return out

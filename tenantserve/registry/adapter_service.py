@@ -16,7 +16,8 @@ leaves nothing behind (the upload's temporary directory is always removed):
               concurrent uploads of one version: the other one gets AdapterExistsError
     store     the files into the artifact store (`adapters/<tenant>/<name>/<digest16>`,
               `-v<n>` appended from version 2 on)
-    smoke     an engine generates with and without it (`adapter_smoke.py`)
+    smoke     an engine generates with and without it (`adapter_smoke.py`), then the
+              tenant's eval set of the name, if any, must reach its min_score (`eval_service`)
     finish    `ready`, or `failed` with the tenant-facing report, an operator event, and
               its stored files removed
     roll out  a ready version n+1 over a current (ready) version: a rollout keyed
@@ -37,7 +38,7 @@ import contextlib
 import logging
 import shutil
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -130,6 +131,7 @@ class AdapterService:
         on_change: Callable[[str, str], None] | None = None,
         rollouts: RolloutService | None = None,
         rollout_options: Mapping[str, Any] | None = None,
+        evals: Callable[[Adapter, Path], Awaitable[SmokeReport]] | None = None,
     ) -> None:
         self._uow = uow_factory
         self._registry = registry
@@ -149,6 +151,8 @@ class AdapterService:
         self.rollouts = rollouts
         # `RolloutService.start_adapter`'s plan options (step_seconds, canary_steps, ...).
         self.rollout_options: dict[str, Any] = dict(rollout_options or {})
+        # After a passed smoke test: the tenant's eval set (`EvalService.check_adapter`).
+        self._evals = evals
 
     @property
     def store(self) -> ArtifactStore:
@@ -410,6 +414,8 @@ class AdapterService:
             if tuple(sorted(stored, key=lambda f: f.path)) != adapter.files:
                 raise ArtifactIntegrityError(f"adapter {adapter.id}: stored files differ")
             verdict = await self._smoke.run(files_dir, checked.base_dir, checked.base.ref)
+            if verdict.ok and self._evals is not None:
+                verdict = await self._evals(adapter, files_dir)
         except Exception:
             logger.exception("upload of adapter %s (%s) failed", adapter.id, adapter.name)
             verdict = SmokeReport(False, INTERNAL_FAILURE_REPORT)
@@ -420,7 +426,7 @@ class AdapterService:
     async def _finish(self, adapter: Adapter, verdict: SmokeReport, key: str) -> Adapter:
         now = self._clock()
         if verdict.ok:
-            adapter.mark_ready(now)
+            adapter.mark_ready(now, verdict.report)
         else:
             adapter.mark_failed(verdict.report or "the smoke test failed", now)
         async with self._uow() as uow:

@@ -116,7 +116,7 @@ class Adapter:
     files: tuple[ArtifactFile, ...]
     status: AdapterStatus
     created_at: datetime
-    # Tenant-facing: why it failed (None while validating and when ready).
+    # Tenant-facing: why it failed; when ready, its tenant eval's score (else None).
     report: str | None = None
     updated_at: datetime | None = field(default=None, compare=False)
     # 1 for a name's first upload, n+1 for an upload over version n.
@@ -177,9 +177,9 @@ class Adapter:
         self.supersede(now)
         self.updated_at = now
 
-    def mark_ready(self, now: datetime) -> None:
-        """validating → ready."""
-        self._leave_validating(AdapterStatus.READY, None, now)
+    def mark_ready(self, now: datetime, report: str | None = None) -> None:
+        """validating → ready (with the validation report, e.g. the tenant eval's score)."""
+        self._leave_validating(AdapterStatus.READY, report, now)
 
     def mark_failed(self, report: str, now: datetime) -> None:
         """validating → failed, with the tenant-facing reason."""

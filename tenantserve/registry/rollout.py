@@ -215,6 +215,16 @@ class Rollout:
         )
 
     @property
+    def next_takes_all(self) -> bool:
+        """Whether the next advance gives the candidate all traffic (to 100%, or done)."""
+        if not self.is_active:
+            return False
+        if self.at_last_step:
+            return True
+        following = 0 if self.phase is RolloutPhase.SHADOW else (self.step_index or 0) + 1
+        return self.plan.canary_steps[following] >= 100
+
+    @property
     def _shadowed(self) -> bool:
         return self.plan.shadow_percent > 0
 
@@ -345,6 +355,7 @@ def evaluate(
     candidate: VersionStats,
     now: datetime,
     gate: GateResult | None = None,
+    eval_gate: GateResult | None = None,
 ) -> Decision:
     """What to do with an active rollout given this step's stats.
 
@@ -352,8 +363,10 @@ def evaluate(
     stable's + margin, p95 above stable's × margin, or shadow divergence above the limit);
     HOLD until the step has run `step_seconds` and seen `min_requests` candidate requests;
     then GATE (when a golden-set eval is required at the first stage and `gate` is None) or
-    ROLLBACK on a failed gate; FINISH at the last step; ADVANCE otherwise. A stable version
-    without requests counts as error rate 0 and no latency bound."""
+    ROLLBACK on a failed gate; HOLD when the next step takes all traffic and `eval_gate`
+    (the candidate's stored eval verdict, `eval_gate.py`) did not pass; FINISH at the last
+    step; ADVANCE otherwise. A stable version without requests counts as error rate 0 and
+    no latency bound."""
     if not rollout.is_active:
         return Decision(Action.HOLD, f"the rollout is {rollout.phase.value}")
     plan = rollout.plan
@@ -376,12 +389,23 @@ def evaluate(
             return Decision(Action.GATE, f"{label}: the golden-set eval decides")
         if not gate.passed:
             return Decision(Action.ROLLBACK, f"{label}: golden-set eval failed: {gate.detail}")
+    blocked = eval_block(rollout, eval_gate)
+    if blocked is not None:
+        return Decision(Action.HOLD, f"{label}: {blocked}")
     healthy = f"{label} healthy: candidate {candidate.summary()}; stable {stable.summary()}" + (
         f"; golden set: {gate.detail}" if gate is not None else ""
     )
     if rollout.at_last_step:
         return Decision(Action.FINISH, healthy)
     return Decision(Action.ADVANCE, healthy)
+
+
+def eval_block(rollout: Rollout, eval_gate: GateResult | None) -> str | None:
+    """Why the candidate may not take all traffic now (its next step is 100% or done and
+    its eval verdict did not pass), or None; no verdict (None) blocks nothing."""
+    if eval_gate is None or eval_gate.passed or not rollout.next_takes_all:
+        return None
+    return f"{rollout.plan.candidate_ref} may not take all traffic: {eval_gate.detail}"
 
 
 def apply(rollout: Rollout, decision: Decision, now: datetime) -> bool:

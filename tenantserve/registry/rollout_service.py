@@ -56,6 +56,7 @@ from tenantserve.registry.rollout import (
     RolloutPlan,
     VersionStats,
     apply,
+    eval_block,
     evaluate,
     route,
     shadow,
@@ -76,6 +77,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TICK_INTERVAL_S = 5.0
 # Runs the golden-set eval against a candidate `name@version`.
 GoldenSetEval = Callable[[str], Awaitable[GateResult]]
+# The candidate's stored eval verdict (`rollout_eval.py`); None: no gate for this rollout.
+EvalGateCheck = Callable[[Rollout], Awaitable[GateResult | None]]
 
 
 def utc_now() -> datetime:
@@ -119,6 +122,7 @@ class RolloutService:
         golden_set: GoldenSetEval | None = None,
         on_change: Callable[[], None] | None = None,
         smoke_test: Callable[[ModelVersion], Awaitable[SmokeReport]] | None = None,
+        eval_gate: EvalGateCheck | None = None,
     ) -> None:
         self._uow = uow_factory
         self._clock = clock
@@ -126,6 +130,8 @@ class RolloutService:
         # Run on a model version before its rollout starts (`model_smoke.py`).
         self._smoke_test = smoke_test
         self._on_change = on_change
+        # Blocks promotion to (and finishing at) 100% while the candidate's eval fails.
+        self._eval_gate = eval_gate
         self._live: dict[str, _Live] = {}
         # observe() may be called from other threads than the event loop's.
         self._lock = threading.Lock()
@@ -267,6 +273,11 @@ class RolloutService:
     async def promote(self, name: str, reason: str | None = None) -> Rollout:
         """Move the model's running rollout to its next step now (from 100%: finish)."""
         why = f"promoted by hand: {reason}" if reason else "promoted by hand"
+        if self._eval_gate is not None:
+            running = await self.status(name)
+            blocked = eval_block(running, await self._eval_gate(running))
+            if blocked is not None:
+                raise RolloutConflictError(f"cannot promote: {blocked}")
         return await self._change(name, Decision(Action.ADVANCE, why), self._clock())
 
     async def rollback(self, name: str, reason: str | None = None) -> Rollout:
@@ -321,10 +332,11 @@ class RolloutService:
             with self._lock:
                 evaluated = copy.deepcopy(live.rollout)
                 stable, candidate = self._judged_stats(live)
-            decision = evaluate(evaluated, stable, candidate, now)
+            evals = await self._eval_gate(evaluated) if self._eval_gate else None
+            decision = evaluate(evaluated, stable, candidate, now, eval_gate=evals)
             if decision.action is Action.GATE:
                 gate = await self._run_golden_set(evaluated.plan.candidate_ref)
-                decision = evaluate(evaluated, stable, candidate, now, gate)
+                decision = evaluate(evaluated, stable, candidate, now, gate, evals)
             if decision.action in (Action.HOLD, Action.GATE):
                 continue
             try:

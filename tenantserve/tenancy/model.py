@@ -127,6 +127,8 @@ class Tenant:
     limits: TenantLimits = field(default_factory=TenantLimits)
     # At most one per (metric, period); see `tenantserve.admission.quotas`.
     quotas: tuple[Quota, ...] = ()
+    # Opt-in: its request records keep prompt and completion text (never otherwise).
+    log_content: bool = False
 
     @property
     def is_active(self) -> bool:
@@ -198,6 +200,8 @@ class TenantContext:
     limits: TenantLimits = field(default_factory=TenantLimits)
     # The tenant's quotas, checked against its usage before each request.
     quotas: tuple[Quota, ...] = ()
+    # The tenant opted in to prompt and completion text in its request records.
+    log_content: bool = False
 
     def allows_model(self, model: str) -> bool:
         """Whether the credential's scope includes `model` (an empty scope allows all)."""

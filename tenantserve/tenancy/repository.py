@@ -49,7 +49,8 @@ class TenantRepository:
         return [_tenant(row) for row in result.mappings()]
 
     async def update(self, tenant: Tenant, now: datetime) -> None:
-        """Write the tenant's mutable fields (name, tier, region, status, limits, quotas)."""
+        """Write the tenant's mutable fields (name, tier, region, status, limits, quotas,
+        log_content)."""
         await self._session.execute(
             update(tenants)
             .where(tenants.c.id == tenant.id)
@@ -116,6 +117,7 @@ def _tenant_row(tenant: Tenant) -> dict[str, Any]:
         "status": tenant.status.value,
         "limits": tenant.limits.to_dict(),
         "quotas": [q.to_dict() for q in tenant.quotas],
+        "log_content": tenant.log_content,
     }
 
 
@@ -129,6 +131,7 @@ def _tenant(row: RowMapping) -> Tenant:
         created_at=row["created_at"],
         limits=TenantLimits.from_dict(row["limits"] or {}),
         quotas=parse_quotas(row["quotas"] or ()),
+        log_content=bool(row["log_content"]),
     )
 
 

@@ -109,10 +109,12 @@ class TenancyService:
         status: str | TenantStatus | None = None,
         limits: Mapping[str, int | None] | None = None,
         quotas: Sequence[Mapping[str, object]] | None = None,
+        log_content: bool | None = None,
     ) -> Tenant:
         """Change the given fields (None: unchanged); `limits` merges, a null limit resets
         it to the tier's default; `quotas` replaces the whole list (`[]` removes them all),
-        each parsed by `Quota.from_dict`, at most one per (metric, period)."""
+        each parsed by `Quota.from_dict`, at most one per (metric, period); `log_content`
+        opts the tenant in (or out) of prompt and completion text in its request records."""
         async with self._uow() as uow:
             tenant = await _require_tenant(uow, tenant_id)
             if name is not None:
@@ -128,6 +130,8 @@ class TenancyService:
                 tenant.limits = tenant.limits.merged(limits)
             if quotas is not None:
                 tenant.quotas = parse_quotas(quotas)
+            if log_content is not None:
+                tenant.log_content = bool(log_content)
             now = self._clock()
             await uow.tenants.update(tenant, now)
             if tenant.tier is not old_tier:
@@ -210,6 +214,7 @@ class TenancyService:
             allowed_models=frozenset(key.allowed_models),
             limits=tenant.limits,
             quotas=tenant.quotas,
+            log_content=tenant.log_content,
         )
 
     async def _authenticate_jwt(self, token: str) -> TenantContext:
@@ -228,6 +233,7 @@ class TenancyService:
             allowed_models=frozenset(identity.allowed_models),
             limits=tenant.limits,
             quotas=tenant.quotas,
+            log_content=tenant.log_content,
         )
 
 

@@ -1,7 +1,7 @@
 """SQLAlchemy Core tables for tenants and API keys (the domain classes know nothing of them).
 
-Mirrors migrations 0001, 0002 and 0008 (`tenant_tier_changes`); a test checks that the
-migrated schema and these tables agree.
+Mirrors migrations 0001, 0002, 0008 (`tenant_tier_changes`) and 0010 (`log_content`); a
+test checks that the migrated schema and these tables agree.
 Timestamps are stored as UTC and read back timezone-aware on every backend.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Table,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
@@ -60,6 +62,8 @@ tenants = Table(
     Column("limits", JSON, nullable=False),
     # A list of `Quota.to_dict()` objects (migration 0002).
     Column("quotas", JSON, nullable=False, server_default="[]"),
+    # Whether its request records keep prompt and completion text (migration 0010).
+    Column("log_content", Boolean, nullable=False, server_default=false()),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     CheckConstraint("tier IN ('free', 'standard', 'premium')", name="ck_tenants_tier"),

@@ -13,7 +13,8 @@ def _ts(value: datetime | None) -> str | None:
 
 
 def tenant_json(tenant: Tenant) -> dict[str, Any]:
-    """`{"id", "name", "tier", "region", "status", "limits", "quotas", "created_at"}`;
+    """`{"id", "name", "tier", "region", "status", "limits", "quotas", "log_content",
+    "created_at"}`;
     `quotas` is a list of `{"metric", "period", "limit", "enforcement"}`."""
     return {
         "id": tenant.id,
@@ -23,6 +24,7 @@ def tenant_json(tenant: Tenant) -> dict[str, Any]:
         "status": tenant.status.value,
         "limits": tenant.limits.to_dict(),
         "quotas": [q.to_dict() for q in tenant.quotas],
+        "log_content": tenant.log_content,
         "created_at": _ts(tenant.created_at),
     }
 

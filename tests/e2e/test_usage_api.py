@@ -104,7 +104,12 @@ async def test_a_stream_the_client_leaves_is_billed_as_cancelled_for_what_was_se
         }
         async with http.stream("POST", "/v1/chat/completions", json=body) as r:
             async for line in r.aiter_lines():
-                if line.startswith("data: {") and '"content":"' in line:
+                # A token chunk (the first, role-only chunk has empty content).
+                if (
+                    line.startswith("data: {")
+                    and '"content":"' in line
+                    and ('"content":""' not in line)
+                ):
                     received += 1
                     if received == 3:
                         break  # hang up mid-stream

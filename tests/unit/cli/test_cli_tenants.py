@@ -245,3 +245,14 @@ async def test_a_demo_key_that_no_longer_authenticates_is_replaced(tmp_path: Pat
     assert second[1].api_key != first[1].api_key
     assert fresh.tenant_id == first[1].tenant_id
     assert num_tenants == 3
+
+
+def test_log_content_is_off_by_default_and_opted_in_and_out_by_update(tmp_path: Path) -> None:
+    tenant = _ok(tmp_path, "tenant", "create", "--name", "acme", "--tier", "free", "--region", "us")
+    assert tenant["log_content"] is False
+    key = _ok(tmp_path, "key", "create", "--tenant", tenant["id"])["key"]
+    on = _ok(tmp_path, "tenant", "update", tenant["id"], "--log-content")
+    assert on["log_content"] is True and on["tier"] == "free"
+    assert _authenticate(tmp_path, key).log_content is True
+    off = _ok(tmp_path, "tenant", "update", tenant["id"], "--no-log-content")
+    assert off["log_content"] is False

@@ -3,6 +3,7 @@ streamed bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 
@@ -56,3 +57,28 @@ async def test_a_body_over_the_limit_is_a_413_declared_or_streamed() -> None:
         assert r.status_code == 413
         assert r.json()["error"]["code"] == "request_too_large"
         assert r.headers["x-request-id"].startswith("req_")
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_a_408_and_closes_the_connection() -> None:
+    app = FastAPI()
+
+    async def echo(request: Request) -> dict[str, object]:
+        return {"size": len(await request.body())}
+
+    app.add_api_route("/echo", echo, methods=["POST"])
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=LIMIT, body_timeout_s=0.2)
+    transport = httpx.ASGITransport(app=app)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"x"
+            await asyncio.sleep(0.1)
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        slow = await http.post("/echo", content=trickle())
+        fast = await http.post("/echo", content=b"x" * 10)
+    assert slow.status_code == 408
+    assert slow.json()["error"]["code"] == "request_timeout"
+    assert slow.headers["connection"] == "close"
+    assert fast.json() == {"size": 10}
