@@ -137,7 +137,9 @@ def _code(text: str) -> str | None:
 async def send_all(
     items: list[T], send: Callable[[T], Awaitable[None]], findings: Findings
 ) -> None:
-    """`send` each item, CONCURRENCY at a time, in order, until done or the budget is spent."""
+    """`send` each item, CONCURRENCY at a time, in order, until done or the budget is spent
+    (counted from here: generating the cases on a cold machine may take long)."""
+    findings.started = time.monotonic()
     pending = iter(items)
 
     async def worker() -> None:
