@@ -102,9 +102,8 @@ async def test_the_database_refuses_to_change_or_remove_entries(
     assert report.ok and report.checked == 2
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)  # TRUNCATE is PostgreSQL's
 async def test_postgresql_refuses_truncate(database: Database) -> None:
-    if database.dialect != "postgresql":
-        pytest.skip("TRUNCATE is PostgreSQL's")
     await _fill(AuditLog(database.engine), 1)
     with pytest.raises(DBAPIError, match="append-only"):
         async with database.engine.begin() as conn:
