@@ -3,6 +3,8 @@
     GET  /health                  liveness (no credentials)
     /v1/...                       `routes_openai.py`: Bearer tenant API key or JWT
     /admin/...                    `routes_admin.py`: Bearer admin token
+    /console/...                  the web console (`tenantserve/console/`): pages whose
+                                  scripts call the two APIs above
 
 Every request gets an id and a body-size limit (`middleware.py`); every error leaves in
 OpenAI's shape (`errors.py`). The parts (the pools with their backends, fair queues and
@@ -29,6 +31,7 @@ from tenantserve.audit.log import AuditLog
 from tenantserve.audit.recorder import AuditRecorder
 from tenantserve.billing.price_service import PriceBookService
 from tenantserve.billing.service import BillingService
+from tenantserve.console.routes import ConsoleRoutes
 from tenantserve.gateway.auth import DEFAULT_TTL_S, Authenticator
 from tenantserve.gateway.catalog import ServedModel
 from tenantserve.gateway.dispatch import Dispatcher
@@ -38,6 +41,7 @@ from tenantserve.gateway.middleware import BodyLimitMiddleware, RequestIdMiddlew
 from tenantserve.gateway.pools import EnginePool, Pool, UpstreamPool, build_catalog
 from tenantserve.gateway.request_log import RequestLog
 from tenantserve.gateway.resolver import ModelResolver
+from tenantserve.gateway.routes_account import AccountRoutes
 from tenantserve.gateway.routes_adapters import AdapterRoutes
 from tenantserve.gateway.routes_admin import AdminRoutes
 from tenantserve.gateway.routes_audit import AuditRoutes
@@ -114,6 +118,8 @@ class Gateway:
     # (`/v1/slo`, `/admin/slo`); None: not served here.
     records: RequestRecordStore | None = None
     slo: SloMonitor | None = None
+    # The web console under `/console` (pages and static files; data from the API above).
+    console: bool = True
 
 
 def create_app(
@@ -183,6 +189,7 @@ def create_app(
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     audit, token = gateway.audit, gateway.admin_token
     AdminRoutes(gateway.tenancy, auth, token, gateway.events, audit).install(app)
+    AccountRoutes(gateway.tenancy, auth, dispatcher.quotas.ledger, audit).install(app)
     if gateway.registry is not None:
         RegistryRoutes(gateway.registry, token, audit).install(app)
     if gateway.adapters is not None:
@@ -199,6 +206,8 @@ def create_app(
         AuditRoutes(audit, token).install(app)
     if gateway.records is not None:
         RequestRoutes(auth, gateway.records, gateway.slo, token, audit).install(app)
+    if gateway.console:
+        ConsoleRoutes().install(app)
     install_error_handlers(app)
     # The last added is the outermost: the request id covers the 413 too.
     # Adapter uploads may be larger than any API request: they have their own limit.
