@@ -7,7 +7,7 @@ DATA_DIR ?= .tenantserve
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: up test install install-dev lint typecheck pytest bench clean
+.PHONY: up test install install-dev browser lint typecheck pytest console-screenshots bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,21 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The console's browser tests drive Debian's Chromium through Playwright (Playwright's own
+# browser download cannot run here). Installed when missing; where apt-get is not there
+# (or not allowed), the browser tests say so and skip — except under CI=true.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "no apt-get: install Chromium yourself (TENANTSERVE_CHROMIUM=PATH) for the console tests"; exit 0; fi; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	echo "installing Debian chromium + chromium-driver for the console's browser tests"; \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+	|| { $$SUDO apt-get update -q >/dev/null && \
+	     $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } \
+	|| echo "could not install chromium: the console's browser tests will skip (fail under CI=true)"
+
 # --demo: one tenant per tier, their API keys printed (the same ones on every run).
 up: install
 	$(VENV)/bin/tenantserve up --demo --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
@@ -40,8 +55,12 @@ typecheck: install-dev
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when no test ran; make treats any non-zero exit as failure.
-pytest: install-dev
+pytest: install-dev browser
 	$(PY) -m pytest -q -ra
+
+# The screenshots linked from docs/console.md, taken by the console's browser tests.
+console-screenshots: install-dev browser
+	CONSOLE_SCREENSHOTS=docs/console $(PY) -m pytest -q tests/e2e/console
 
 test: lint typecheck pytest
 
