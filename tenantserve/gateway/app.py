@@ -48,9 +48,11 @@ from tenantserve.gateway.routes_audit import AuditRoutes
 from tenantserve.gateway.routes_billing import BillingRoutes
 from tenantserve.gateway.routes_evals import EvalRoutes
 from tenantserve.gateway.routes_openai import OpenAIRoutes
+from tenantserve.gateway.routes_pools import PoolRoutes
 from tenantserve.gateway.routes_registry import RegistryRoutes
 from tenantserve.gateway.routes_requests import RequestRoutes
 from tenantserve.gateway.routes_rollout import RolloutRoutes
+from tenantserve.gateway.routes_spend import SpendRoutes
 from tenantserve.gateway.routes_usage import UsageRoutes
 from tenantserve.metering.meter import Meter
 from tenantserve.metering.store import UsageStore
@@ -190,6 +192,7 @@ def create_app(
     audit, token = gateway.audit, gateway.admin_token
     AdminRoutes(gateway.tenancy, auth, token, gateway.events, audit).install(app)
     AccountRoutes(gateway.tenancy, auth, dispatcher.quotas.ledger, audit).install(app)
+    PoolRoutes(gateway.pools, token).install(app)
     if gateway.registry is not None:
         RegistryRoutes(gateway.registry, token, audit).install(app)
     if gateway.adapters is not None:
@@ -200,6 +203,7 @@ def create_app(
         EvalRoutes(gateway.evals, auth, token, audit).install(app)
     if gateway.billing is not None and gateway.prices is not None:
         BillingRoutes(gateway.billing, gateway.prices, auth, token, audit).install(app)
+    SpendRoutes(auth, gateway.billing).install(app)
     if gateway.usage is not None:
         UsageRoutes(auth, gateway.usage, token, audit).install(app)
     if isinstance(audit, AuditLog):  # the real log (not a test's recorder): readable too

@@ -205,3 +205,89 @@ export async function startPage(role, main) {
   }
   document.body.dataset.ready = "true";
 }
+
+// --- tenant pages' helpers --------------------------------------------------------
+
+// Fetch `path` with the session's credential and save it as `filename` (a blob behind an
+// object URL: the credential never goes into a link).
+export async function download(path, filename) {
+  const blob = await api(path, { as: "blob" });
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: filename, class: "sr-only" });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// A status badge: kind "ok" | "warn" | "bad" | "" (neutral).
+export const badge = (text, kind = "") => h("span", { class: kind ? `badge ${kind}` : "badge" }, text);
+
+// The p-th percentile (0..1, nearest rank) of numbers, or null when there are none.
+export function percentile(values, p) {
+  const sorted = values.filter((v) => typeof v === "number").sort((a, b) => a - b);
+  if (!sorted.length) return null;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))];
+}
+
+export function fmtBytes(n) {
+  if (n === null || n === undefined) return "—";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit ? value.toFixed(1) : value} ${units[unit]}`;
+}
+
+// A <dl> filled with [term, value] pairs (values: nodes or text).
+export function fillFacts(dl, pairs) {
+  dl.replaceChildren(...pairs.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
+}
+
+// --- operator pages' helpers ------------------------------------------------------
+
+// A horizontal bar for a share 0..1 (KV cache usage): warn from 70 %, bad from 90 %.
+export function meterBar(share, label) {
+  const percent = Math.max(0, Math.min(1, Number(share) || 0)) * 100;
+  const fill = h("span");
+  fill.style.width = `${percent}%`;
+  const level = percent >= 90 ? "bar bad" : percent >= 70 ? "bar warn" : "bar";
+  return h(
+    "div",
+    { class: level, attrs: { role: "meter", "aria-label": label, "aria-valuemin": "0", "aria-valuemax": "100", "aria-valuenow": String(Math.round(percent)) } },
+    fill,
+  );
+}
+
+// Ask before an action that is hard to undo; false when the person declines.
+export const confirmed = (question) => window.confirm(question);
+
+// The text fields of a form that are not empty, trimmed: { name: value }.
+export function filledFields(formData) {
+  const out = {};
+  for (const [name, value] of formData.entries()) {
+    const text = typeof value === "string" ? value.trim() : "";
+    if (text) out[name] = text;
+  }
+  return out;
+}
+
+// A button in a table row running `action`, its errors shown in the alert box.
+export function actionButton(text, action, kind = "secondary") {
+  const button = h("button", { type: "button", class: kind }, text);
+  button.addEventListener("click", async () => {
+    clearMessages();
+    button.disabled = true;
+    try {
+      await action();
+    } catch (error) {
+      showError(error);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
+}
