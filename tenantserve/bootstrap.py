@@ -52,6 +52,7 @@ from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamP
 from tenantserve.gateway.request_log import RequestLog, RequestLogFiles
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.upstream import OpenAIUpstream
+from tenantserve.gateway.vllm_pool import build_vllm_pool
 from tenantserve.metering.pipeline import MeteringPipeline
 from tenantserve.observability.record_store import RequestRecordStore
 from tenantserve.observability.record_writer import RecordWriter
@@ -231,6 +232,42 @@ def build_engine_pool(settings: Settings, events: EventLog) -> EnginePool:
     )
 
 
+def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
+    """The built-in engine's pools as Ray Serve deployments (`--engine ray`): the shared
+    pool, autoscaled between the configured replica counts, and one pool per reserved
+    premium tenant that keeps at least its reservation."""
+    from tenantserve.engine_ray.client import RayServeEngineClient
+    from tenantserve.engine_ray.deploy import RayPoolDeployment
+
+    model_dir = resolve_model_dir(settings)
+    model = load_served_model(model_dir)
+    ray = settings.ray
+    pools = []
+    specs: list[tuple[str, str | None, int]] = [(SHARED_POOL, None, ray.min_replicas)]
+    specs += [(f"reserved-{tenant}", tenant, n) for tenant, n in ray.reserved]
+    for name, tenant, min_replicas in specs:
+        max_replicas = max(min_replicas, ray.max_replicas)
+        deployment = RayPoolDeployment(
+            name, settings.engine_config(model_dir), ray, min_replicas, max_replicas
+        )
+        # Serve queues beyond what the replicas batch; the fair queue admits what the
+        # most replicas could run at once.
+        in_flight = settings.scheduler.max_num_seqs * max_replicas
+        queue = FairQueue(FairQueueConfig(max_in_flight=in_flight))
+        pools.append(
+            EnginePool(
+                name=name,
+                engine=RayServeEngineClient(deployment),
+                model=model,
+                queue=queue,
+                region=settings.region,
+                reserved_for=frozenset({tenant}) if tenant else frozenset(),
+                noisy_neighbors=NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, name),
+            )
+        )
+    return pools
+
+
 def build_upstream_pool(cfg: PoolConfig, events: EventLog) -> UpstreamPool:
     """An external OpenAI-compatible server; `models` entries are `name` or
     `name=upstream-name`."""
@@ -246,15 +283,33 @@ def build_upstream_pool(cfg: PoolConfig, events: EventLog) -> UpstreamPool:
         queue=queue,
         region=cfg.region,
         reserved_for=frozenset(cfg.reserved_for),
+        dedicated=cfg.dedicated,
         noisy_neighbors=NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, cfg.name),
+    )
+
+
+def build_configured_pool(cfg: PoolConfig, events: EventLog, data_dir: Path) -> Pool:
+    """A `--pools` entry's pool: a vLLM server's (`kind = "vllm"`) or an upstream's."""
+    if cfg.kind != "vllm":
+        return build_upstream_pool(cfg, events)
+    plain = build_upstream_pool(cfg, events)  # the models, queue and monitor as for any
+    return build_vllm_pool(
+        cfg,
+        plain.models,
+        plain.queue,
+        data_dir,
+        noisy_neighbors=plain.noisy_neighbors,
+        dedicated=plain.dedicated,
     )
 
 
 def build_pools(settings: Settings, events: EventLog) -> tuple[Pool, ...]:
     pools: list[Pool] = []
-    if settings.builtin_engine:
+    if settings.builtin_engine and settings.engine_backend == "ray":
+        pools.extend(build_ray_pools(settings, events))
+    elif settings.builtin_engine:
         pools.append(build_engine_pool(settings, events))
-    pools.extend(build_upstream_pool(cfg, events) for cfg in settings.pools)
+    pools.extend(build_configured_pool(cfg, events, settings.data_dir) for cfg in settings.pools)
     if not pools:
         raise ConfigError(
             "nothing to serve: the built-in engine is off and no pools are configured "

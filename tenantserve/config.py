@@ -127,7 +127,35 @@ class ArtifactStoreConfig:
             raise ConfigError("TENANTSERVE_ARTIFACT_STORE=s3 needs TENANTSERVE_S3_BUCKET")
 
 
-POOL_KINDS = ("openai",)
+POOL_KINDS = ("openai", "vllm")
+
+
+@dataclass(frozen=True)
+class VllmLaunchConfig:
+    """A vLLM OpenAI-compatible server that tenantserve starts (and stops) itself."""
+
+    model: Path  # a Hugging Face checkpoint directory
+    python: Path = Path(".venv-vllm/bin/python")  # the interpreter vLLM is installed in
+    args: tuple[str, ...] = ()  # more `api_server` flags (`--dtype`, `--max-model-len`, ...)
+    port: int | None = None  # None: a free loopback port
+    start_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class VllmConfig:
+    """What a `kind = "vllm"` pool adds to an OpenAI-compatible one: tenants' LoRA adapters
+    loaded at runtime (at most `max_loras`, least recently used unloaded first), a
+    per-tenant `cache_salt` (HMAC of the tenant id under `cache_salt_secret`; None: a
+    random secret per process) and the tier as vLLM's `priority`."""
+
+    launch: VllmLaunchConfig | None = None
+    max_loras: int = 8
+    max_lora_rank: int = 16
+    cache_salt_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1:
+            raise ConfigError("a vLLM pool's max_loras must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -143,17 +171,24 @@ class PoolConfig:
     region: Region = Region.US
     # Premium tenants whose reserved pool this is; empty: a shared pool.
     reserved_for: tuple[str, ...] = ()
+    # Serves only `reserved_for` and the tenants moved onto it (`tenantserve tenant move`),
+    # nobody else even while nobody is there.
+    dedicated: bool = False
     # The upstream's bearer token (read from this environment variable, never a file).
     api_key: str | None = field(default=None, repr=False)
     # Requests in flight at the upstream at once; more wait in the pool's fair queue.
     max_in_flight: int = 256
     timeout_s: float = 600.0
     max_model_len: int = 32768
+    vllm: VllmConfig | None = None  # kind = "vllm" only
 
     def __post_init__(self) -> None:
         if self.kind not in POOL_KINDS:
             raise ConfigError(f"pool {self.name!r}: kind must be one of {POOL_KINDS}")
-        if not self.base_url.startswith(("http://", "https://")):
+        launched = self.vllm is not None and self.vllm.launch is not None
+        if launched and self.base_url:
+            raise ConfigError(f"pool {self.name!r}: give either base_url or launch, not both")
+        if not launched and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"pool {self.name!r}: base_url must be an http(s) URL")
         if not self.models:
             raise ConfigError(f"pool {self.name!r}: `models` must name at least one model")
@@ -233,6 +268,31 @@ class ObservabilityConfig:
             raise ConfigError(f"TENANTSERVE_LOG_FORMAT must be json or text: {self.log_format!r}")
 
 
+ENGINE_BACKENDS = ("process", "ray")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Built-in engine pools as Ray Serve deployments (`engine_backend = "ray"`): one
+    deployment per pool, replicas autoscaled between `min_replicas` and `max_replicas` on
+    ongoing requests per replica; `reserved` gives each premium tenant id its own pool
+    that keeps at least that many replicas."""
+
+    # None: a local Ray started by the gateway; "auto" or "ray://host:port": a cluster.
+    address: str | None = None
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 4.0
+    replica_num_cpus: float = 1.0
+    reserved: tuple[tuple[str, int], ...] = ()  # (tenant id, replicas)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ConfigError("Ray pools need 0 <= min_replicas <= max_replicas, max >= 1")
+        if any(n < 1 for _, n in self.reserved):
+            raise ConfigError("a reserved Ray pool keeps at least 1 replica")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The eval gate (`registry/eval_gate.py`): a candidate regresses below the stable
@@ -290,6 +350,9 @@ class Settings:
     records: RequestRecordsConfig = field(default_factory=RequestRecordsConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     evals: EvalConfig = field(default_factory=EvalConfig)
+    # Where the built-in engine runs: "process" (a child process) or "ray" (Ray Serve).
+    engine_backend: str = "process"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -348,6 +411,7 @@ class Settings:
         if v := env.get("TENANTSERVE_EVAL_BLOCK_ON_MISSING"):
             block = _bool(v, "EVAL_BLOCK_ON_MISSING")
             s = replace(s, evals=replace(s.evals, block_on_missing=block))
+        s = _engine_backend_from_env(s, env)
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **given)  # type: ignore[arg-type]
 
@@ -361,6 +425,39 @@ class Settings:
             scheduler=self.scheduler,
             lora=self.lora,
         )
+
+
+def _engine_backend_from_env(s: Settings, env: Mapping[str, str]) -> Settings:
+    if v := env.get("TENANTSERVE_ENGINE_BACKEND"):
+        if v not in ENGINE_BACKENDS:
+            raise ConfigError(f"TENANTSERVE_ENGINE_BACKEND must be one of {ENGINE_BACKENDS}")
+        s = replace(s, engine_backend=v)
+    r = s.ray
+    if v := env.get("TENANTSERVE_RAY_ADDRESS"):
+        r = replace(r, address=v)
+    if v := env.get("TENANTSERVE_RAY_MIN_REPLICAS"):
+        r = replace(r, min_replicas=_int(v, "RAY_MIN_REPLICAS"))
+    if v := env.get("TENANTSERVE_RAY_MAX_REPLICAS"):
+        r = replace(r, max_replicas=_int(v, "RAY_MAX_REPLICAS"))
+    if v := env.get("TENANTSERVE_RAY_TARGET_ONGOING_REQUESTS"):
+        r = replace(r, target_ongoing_requests=_float(v, "RAY_TARGET_ONGOING_REQUESTS"))
+    if v := env.get("TENANTSERVE_RAY_REPLICA_CPUS"):
+        r = replace(r, replica_num_cpus=_float(v, "RAY_REPLICA_CPUS"))
+    if v := env.get("TENANTSERVE_RAY_RESERVED"):
+        r = replace(r, reserved=parse_ray_reserved(v))
+    return replace(s, ray=r)
+
+
+def parse_ray_reserved(value: str) -> tuple[tuple[str, int], ...]:
+    """`TENANT=N[,TENANT=N...]` (TENANTSERVE_RAY_RESERVED, `--ray-reserve`): a reserved
+    Ray pool per premium tenant id, keeping at least N replicas."""
+    out: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        tenant, sep, n = part.partition("=")
+        if not sep or not tenant or not n.isdigit():
+            raise ConfigError(f"a Ray reservation is TENANT=REPLICAS, got {part!r}")
+        out.append((tenant, int(n)))
+    return tuple(out)
 
 
 def _metering_from_env(env: Mapping[str, str]) -> MeteringConfig:
@@ -426,6 +523,7 @@ def load_pools(path: Path, env: Mapping[str, str] | None = None) -> tuple[PoolCo
     models = ["llama-3.1-8b-instruct"]
     region = "eu"                  # residency: only tenants of this region are served
     reserved_for = ["ten_..."]     # optional: a premium tenant's reserved pool
+    dedicated = true               # optional: only for reserved_for and tenants moved here
     api_key_env = "VLLM_API_KEY"   # optional: the upstream's bearer token
     max_in_flight = 256            # optional
     """
@@ -445,14 +543,18 @@ def load_pools(path: Path, env: Mapping[str, str] | None = None) -> tuple[PoolCo
 
 def _pool(raw: Any, path: Path, env: Mapping[str, str]) -> PoolConfig:
     known = {
-        "name", "kind", "base_url", "models", "region", "reserved_for", "api_key_env",
-        "max_in_flight", "timeout_s", "max_model_len",
+        "name", "kind", "base_url", "models", "region", "reserved_for", "dedicated", "api_key_env",
+        "max_in_flight", "timeout_s", "max_model_len", *VLLM_POOL_KEYS,
     }  # fmt: skip
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise ConfigError(f"{path}: every [[pool]] needs a `name`")
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: pool {raw['name']!r} has unknown keys {unknown}")
+    if raw.get("kind") == "vllm":
+        raw = _vllm_pool(raw, path, env)
+    elif unknown := sorted(set(raw) & VLLM_POOL_KEYS):
+        raise ConfigError(f'{path}: pool {raw["name"]!r}: {unknown} need kind = "vllm"')
     fields_ = dict(raw)
     if "region" in fields_:
         fields_["region"] = _region(str(fields_["region"]))
@@ -467,6 +569,50 @@ def _pool(raw: Any, path: Path, env: Mapping[str, str]) -> PoolConfig:
         return PoolConfig(**fields_)
     except TypeError as e:
         raise ConfigError(f"{path}: pool {raw['name']!r}: {e}") from e
+
+
+VLLM_POOL_KEYS = frozenset({"launch", "max_loras", "max_lora_rank", "cache_salt_secret_env"})
+
+
+def _vllm_pool(raw: dict[str, Any], path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """A `kind = "vllm"` pool's own keys folded into its `VllmConfig`::
+
+    launch = { model = "DIR", python = ".venv-vllm/bin/python", args = ["--dtype", "bfloat16"] }
+    max_loras = 8                      # adapters loaded at once (vLLM's --max-loras)
+    max_lora_rank = 16                 # vLLM's --max-lora-rank (launched servers)
+    cache_salt_secret_env = "VAR"      # optional: the HMAC secret of the tenants' cache salts
+    """
+    name = raw["name"]
+    rest = {k: v for k, v in raw.items() if k not in VLLM_POOL_KEYS}
+    launch = None
+    if (spec := raw.get("launch")) is not None:
+        known = {"model", "python", "args", "port", "start_timeout_s"}
+        if not isinstance(spec, dict) or "model" not in spec or set(spec) - known:
+            raise ConfigError(
+                f"{path}: pool {name!r}: launch takes {sorted(known)} (model required)"
+            )
+        launch = VllmLaunchConfig(
+            model=Path(spec["model"]),
+            python=Path(
+                spec.get("python") or env.get("TENANTSERVE_VLLM_PYTHON") or ".venv-vllm/bin/python"
+            ),
+            args=tuple(str(a) for a in spec.get("args", ())),
+            port=spec.get("port"),
+            start_timeout_s=float(spec.get("start_timeout_s", 600.0)),
+        )
+        rest.setdefault("base_url", "")
+    secret = None
+    if secret_env := raw.get("cache_salt_secret_env"):
+        if secret_env not in env:
+            raise ConfigError(f"pool {name!r}: environment variable {secret_env} is not set")
+        secret = env[secret_env]
+    rest["vllm"] = VllmConfig(
+        launch=launch,
+        max_loras=int(raw.get("max_loras", 8)),
+        max_lora_rank=int(raw.get("max_lora_rank", 16)),
+        cache_salt_secret=secret,
+    )
+    return rest
 
 
 def _bool(value: str, name: str) -> bool:

@@ -30,11 +30,11 @@ from tenantserve.cli.prices import credit_app, price_app
 from tenantserve.cli.rollout import rollout_app
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.cli.usage import usage_app
-from tenantserve.config import Settings, load_pools
+from tenantserve.config import ENGINE_BACKENDS, Settings, load_pools
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.engine.tokenizer import Tokenizer
-from tenantserve.errors import InvalidRequestError, TenantServeError
+from tenantserve.errors import ConfigError, InvalidRequestError, TenantServeError
 from tenantserve.observability.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -91,12 +91,31 @@ def up(
         ),
     ] = None,
     engine: Annotated[
-        bool,
+        str | None,
         typer.Option(
-            "--engine/--no-engine",
-            help="Run the built-in engine (default); --no-engine serves only --pools.",
+            "--engine",
+            help="Where the built-in engine runs: process (a child process, default) or "
+            "ray (Ray Serve deployments: replicas, autoscaling, adapter multiplexing).",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
+    no_engine: Annotated[
+        bool, typer.Option("--no-engine", help="No built-in engine: serve only --pools.")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: the Ray cluster (auto, ray://host:port); default a local Ray.",
+            show_default=False,
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="--engine ray: engine replicas of the shared pool (fixed; default 1).",
+            show_default=False,
+        ),
+    ] = None,
     demo: Annotated[
         bool,
         typer.Option(
@@ -117,8 +136,9 @@ def up(
         )
         if pools is not None:
             settings = replace(settings, pools=load_pools(pools))
-        if not engine:
+        if no_engine:
             settings = replace(settings, builtin_engine=False)
+        settings = _engine_backend(settings, engine, ray_address, replicas)
         admin_token, created = ensure_admin_token(settings)
         admin_line = _admin_token_line(settings, admin_token, created)
         demos = asyncio.run(_demo_tenants(settings)) if demo else []
@@ -135,7 +155,8 @@ def up(
         _err(f"error: {e}")
         raise typer.Exit(code=e.exit_code) from None
     if settings.builtin_engine:
-        _err(f"starting the engine for {service.model.name} on {settings.device}")
+        where = "Ray Serve" if settings.engine_backend == "ray" else settings.device
+        _err(f"starting the engine for {service.model.name} on {where}")
     for pool in settings.pools:
         _err(f"pool {pool.name}: {', '.join(pool.models)} at {pool.base_url} ({pool.region})")
     # No uvicorn access log: a formatted line per request is a measurable share of the
@@ -145,6 +166,22 @@ def up(
     uvicorn.run(
         service.app, host=settings.host, port=settings.port, log_level="info", access_log=False
     )
+
+
+def _engine_backend(
+    settings: Settings, engine: str | None, ray_address: str | None, replicas: int | None
+) -> Settings:
+    """`--engine process|ray`, `--ray-address`, `--replicas` over the settings."""
+    if engine is not None:
+        if engine not in ENGINE_BACKENDS:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINE_BACKENDS)}")
+        settings = replace(settings, engine_backend=engine)
+    ray = settings.ray
+    if ray_address is not None:
+        ray = replace(ray, address=ray_address)
+    if replicas is not None:
+        ray = replace(ray, min_replicas=replicas, max_replicas=replicas)
+    return replace(settings, ray=ray)
 
 
 async def _demo_tenants(settings: Settings) -> list[DemoTenant]:

@@ -1,11 +1,14 @@
 """The models this gateway serves, as each caller may name and see them.
 
 An entry is one model served by one pool (`pools.py` builds them): its public name, a
-lower-case alias, the pool, the pool's region, and the premium tenants the pool is
-reserved for (empty: shared). A caller's view (`routes`) has, per name, the shared pool
-in the caller's region (else one elsewhere, which admission refuses for residency), and
-the caller's reserved pool for that model if it has one. Models served only by pools
-reserved for others are not in the view at all: such a name is "not found".
+lower-case alias, the pool, the pool's region, and whom the pool is reserved for: the
+premium tenants its configuration names, and any tenant moved onto it
+(`TenantContext.pool`, set by `tenantserve tenant move`) — a `dedicated` pool serves
+nobody else, even before anyone is moved there. A caller's view (`routes`) has, per name,
+the shared pool in the caller's region (else one elsewhere, which admission refuses for
+residency), and the caller's reserved pool for that model if it has one (the pool it was
+moved to first). Models served only by pools reserved for others are not in the view at
+all: such a name is "not found".
 
 The model registry (a later issue) replaces the static entries with versions, tenant
 aliases and adapters.
@@ -45,9 +48,15 @@ class CatalogEntry:
     # None: the backend tokenizes (an upstream); prompts are estimated for admission.
     tokenizer: Tokenizer | None = None
     reserved_for: frozenset[str] = frozenset()
+    # Serves only the tenants in `reserved_for` and those moved onto it.
+    dedicated: bool = False
 
-    def visible_to(self, tenant_id: str) -> bool:
-        return not self.reserved_for or tenant_id in self.reserved_for
+    @property
+    def reserved(self) -> bool:
+        return self.dedicated or bool(self.reserved_for)
+
+    def visible_to(self, tenant_id: str, placed_pool: str | None = None) -> bool:
+        return not self.reserved or tenant_id in self.reserved_for or self.pool == placed_pool
 
 
 class ModelCatalog:
@@ -60,16 +69,19 @@ class ModelCatalog:
         self._reserved_tenants = frozenset(
             t for group in self._by_name.values() for e in group for t in e.reserved_for
         )
-        # Views depend only on the region and, for tenants with a reservation, the tenant.
-        self._views: dict[tuple[Region, str], dict[str, ModelRoute]] = {}
+        # Views depend only on the region and, for tenants with a reservation, the tenant
+        # and the pool it was moved to.
+        self._views: dict[tuple[Region, str, str], dict[str, ModelRoute]] = {}
 
     def routes(self, ctx: TenantContext) -> Mapping[str, ModelRoute]:
         """The caller's view for `decide()`: every name (and alias) it may address.
         `decide` then applies the key scope, residency and the reserved pool."""
-        who = ctx.tenant_id if ctx.tenant_id in self._reserved_tenants else ""
-        view = self._views.get((ctx.region, who))
+        placed = ctx.pool or ""
+        who = ctx.tenant_id if placed or ctx.tenant_id in self._reserved_tenants else ""
+        key = (ctx.region, who, placed)
+        view = self._views.get(key)
         if view is None:
-            view = self._views[(ctx.region, who)] = self._view(ctx.region, ctx.tenant_id)
+            view = self._views[key] = self._view(ctx.region, ctx.tenant_id, ctx.pool)
         return view
 
     def visible(self, ctx: TenantContext) -> list[ModelRoute]:
@@ -99,14 +111,21 @@ class ModelCatalog:
                 return canonical
         return name
 
-    def _view(self, region: Region, tenant_id: str) -> dict[str, ModelRoute]:
+    def pools_of(self, name: str) -> list[str]:
+        """The pools serving the model `name`."""
+        return [e.pool for e in self._by_name.get(name, [])]
+
+    def _view(
+        self, region: Region, tenant_id: str, placed_pool: str | None
+    ) -> dict[str, ModelRoute]:
         view: dict[str, ModelRoute] = {}
         for name, group in self._by_name.items():
-            usable = [e for e in group if e.visible_to(tenant_id)]
+            usable = [e for e in group if e.visible_to(tenant_id, placed_pool)]
             if not usable:
                 continue
-            shared = [e for e in usable if not e.reserved_for]
-            reserved = [e for e in usable if e.reserved_for and e.region == region]
+            shared = [e for e in usable if not e.reserved]
+            reserved = [e for e in usable if e.reserved and e.region == region]
+            reserved.sort(key=lambda e: e.pool != placed_pool)  # its own pool first
             local = [e for e in shared if e.region == region]
             base = (local or reserved or shared or usable)[0]
             route = ModelRoute(

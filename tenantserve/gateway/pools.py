@@ -13,15 +13,17 @@ model's shared pool in the tenant's region.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from tenantserve.engine.request import LoraRef
 from tenantserve.gateway.catalog import CatalogEntry, ModelCatalog, ServedModel
 from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.scheduling.fair_queue import FairQueue
-from tenantserve.tenancy.model import Region
+from tenantserve.tenancy.model import Region, TenantContext
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class EnginePool:
     queue: FairQueue = field(default_factory=FairQueue)
     region: Region = Region.US
     reserved_for: frozenset[str] = frozenset()
+    # Serves only `reserved_for` and the tenants moved onto it (`gateway/tenant_move.py`).
+    dedicated: bool = False
     noisy_neighbors: NoisyNeighborMonitor | None = None
 
     async def start(self) -> None:
@@ -63,6 +67,8 @@ class UpstreamPool:
     queue: FairQueue = field(default_factory=FairQueue)
     region: Region = Region.US
     reserved_for: frozenset[str] = frozenset()
+    # Serves only `reserved_for` and the tenants moved onto it (`gateway/tenant_move.py`).
+    dedicated: bool = False
     noisy_neighbors: NoisyNeighborMonitor | None = None
 
     async def start(self) -> None:
@@ -71,11 +77,22 @@ class UpstreamPool:
     async def shutdown(self) -> None:
         await self.upstream.shutdown()
 
+    async def prepare(
+        self, payload: dict[str, Any], ctx: TenantContext, lora: LoraRef | None
+    ) -> Callable[[], None]:
+        """Adapt a request's forwarded JSON to this backend (a vLLM pool's tenant salt,
+        priority, adapter: `vllm_pool.py`); returns what to call once it has ended."""
+        return release_nothing
+
     def upstream_name(self, model: str) -> str:
         for m in self.models:
             if m.name == model:
                 return m.upstream_name
         raise KeyError(model)
+
+
+def release_nothing() -> None:
+    return None
 
 
 Pool = EnginePool | UpstreamPool
@@ -96,6 +113,7 @@ def build_catalog(pools: Iterable[Pool]) -> ModelCatalog:
                     m.created,
                     m.tokenizer,
                     pool.reserved_for,
+                    pool.dedicated,
                 )
             )
         else:
@@ -110,6 +128,7 @@ def build_catalog(pools: Iterable[Pool]) -> ModelCatalog:
                     m.created,
                     None,
                     pool.reserved_for,
+                    pool.dedicated,
                 )
                 for m in pool.models
                 if "@" not in m.name

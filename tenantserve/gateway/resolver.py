@@ -37,6 +37,7 @@ from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import InvalidRequestError
 from tenantserve.gateway.errors import ApiError
 from tenantserve.gateway.pools import EnginePool, Pool
+from tenantserve.gateway.vllm_pool import VllmPool
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.adapters import Adapter, adapter_ref
 from tenantserve.registry.model import ModelArchivedError
@@ -180,7 +181,8 @@ class ModelResolver:
     async def _adapter(self, name: str, adapter: Adapter) -> Resolved | ApiError:
         assert self.adapters is not None
         pool = self._pools_by_ref.get(adapter.base_model)
-        if not isinstance(pool, EnginePool):  # adapters run on the built-in engine
+        # Adapters run on the built-in engine, or are loaded into a vLLM pool's server.
+        if not isinstance(pool, EnginePool | VllmPool):
             return ApiError(
                 503,
                 f"`{name}` adapts {adapter.base_model}, which no engine here serves now.",
@@ -189,7 +191,7 @@ class ModelResolver:
             )
         path = await self.adapters.local_dir(adapter)
         route = replace(_route(pool, name, adapter.base_model), adapter_id=adapter.id)
-        return Resolved(route, pool.model.tokenizer, LoraRef(adapter.id, str(path)))
+        return Resolved(route, _tokenizer(pool), LoraRef(adapter.id, str(path)))
 
     async def _version(self, ctx: TenantContext, ref: str) -> Resolved | ApiError | None:
         if self.registry is None:

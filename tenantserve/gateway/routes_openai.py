@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -209,8 +209,15 @@ class OpenAIRoutes:
         prefix = "chatcmpl" if path == "/chat/completions" else "cmpl"
         rewrite = {"id": f"{prefix}-{admission.request_id}", "model": target}
         started = time.perf_counter()
+        try:  # the backend's own fields (a vLLM pool: tenant salt, priority, adapter)
+            release = await pool.prepare(payload, admission.ctx, admission.lora)
+        except BaseException as e:
+            await admission.close(_failed(e))
+            raise
         if body.stream:
-            return await self._forward_stream(admission, pool, path, payload, rewrite, body)
+            return await self._forward_stream(
+                admission, pool, path, payload, rewrite, body, release
+            )
         try:
             reply = await await_while_connected(
                 request, pool.upstream.complete(path, payload, admission.request_id, rewrite)
@@ -218,6 +225,8 @@ class OpenAIRoutes:
         except BaseException as e:
             await admission.close(_failed(e))
             raise
+        finally:
+            release()
         upstream_s = time.perf_counter() - started
         if self.dispatcher.mirrors(admission):  # only then is the reply read again
             text = _reply_text(reply.body)
@@ -239,6 +248,7 @@ class OpenAIRoutes:
         payload: dict[str, Any],
         rewrite: dict[str, str],
         body: Body,
+        release: Callable[[], None],
     ) -> Response:
         usage: list[UpstreamUsage] = []
         started = time.perf_counter()
@@ -247,6 +257,7 @@ class OpenAIRoutes:
                 path, payload, admission.request_id, rewrite, body.include_usage, usage
             )
         except BaseException as e:
+            release()
             await admission.close(_failed(e))
             raise
 
@@ -267,6 +278,7 @@ class OpenAIRoutes:
                 raise
             finally:
                 await events.aclose()
+                release()
                 used = usage[-1] if usage else None
                 outcome = _upstream_outcome(admission, used, ttft_s, status, chunks)
                 await admission.close(outcome)

@@ -129,6 +129,8 @@ class Tenant:
     quotas: tuple[Quota, ...] = ()
     # Opt-in: its request records keep prompt and completion text (never otherwise).
     log_content: bool = False
+    # The dedicated pool it was moved to (`tenantserve tenant move`); None: shared pools.
+    pool: str | None = None
 
     @property
     def is_active(self) -> bool:
@@ -202,6 +204,8 @@ class TenantContext:
     quotas: tuple[Quota, ...] = ()
     # The tenant opted in to prompt and completion text in its request records.
     log_content: bool = False
+    # The dedicated pool the tenant was moved to; None: the shared pools.
+    pool: str | None = None
 
     def allows_model(self, model: str) -> bool:
         """Whether the credential's scope includes `model` (an empty scope allows all)."""

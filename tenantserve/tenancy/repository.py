@@ -50,7 +50,7 @@ class TenantRepository:
 
     async def update(self, tenant: Tenant, now: datetime) -> None:
         """Write the tenant's mutable fields (name, tier, region, status, limits, quotas,
-        log_content)."""
+        log_content, pool)."""
         await self._session.execute(
             update(tenants)
             .where(tenants.c.id == tenant.id)
@@ -118,6 +118,7 @@ def _tenant_row(tenant: Tenant) -> dict[str, Any]:
         "limits": tenant.limits.to_dict(),
         "quotas": [q.to_dict() for q in tenant.quotas],
         "log_content": tenant.log_content,
+        "pool": tenant.pool,
     }
 
 
@@ -132,6 +133,7 @@ def _tenant(row: RowMapping) -> Tenant:
         limits=TenantLimits.from_dict(row["limits"] or {}),
         quotas=parse_quotas(row["quotas"] or ()),
         log_content=bool(row["log_content"]),
+        pool=row["pool"],
     )
 
 

@@ -7,6 +7,7 @@ stored key or the verified token, never from anything else the client sends.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -38,6 +39,15 @@ from tenantserve.tenancy.unit_of_work import UnitOfWork
 from tenantserve.tiers import Tier
 
 MAX_KEY_LIFETIME_DAYS = 3650
+
+
+class Unchanged(enum.Enum):
+    """The default of an `update_tenant` field that None would set (None means clear)."""
+
+    UNCHANGED = enum.auto()
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 
 def utc_now() -> datetime:
@@ -110,11 +120,14 @@ class TenancyService:
         limits: Mapping[str, int | None] | None = None,
         quotas: Sequence[Mapping[str, object]] | None = None,
         log_content: bool | None = None,
+        pool: str | Unchanged | None = UNCHANGED,
     ) -> Tenant:
         """Change the given fields (None: unchanged); `limits` merges, a null limit resets
         it to the tier's default; `quotas` replaces the whole list (`[]` removes them all),
         each parsed by `Quota.from_dict`, at most one per (metric, period); `log_content`
-        opts the tenant in (or out) of prompt and completion text in its request records."""
+        opts the tenant in (or out) of prompt and completion text in its request records;
+        `pool`: its dedicated pool (None: back to the shared pools) — set by a tenant move
+        (`gateway/tenant_move.py`), which warms the pool and drains the old one."""
         async with self._uow() as uow:
             tenant = await _require_tenant(uow, tenant_id)
             if name is not None:
@@ -132,6 +145,8 @@ class TenancyService:
                 tenant.quotas = parse_quotas(quotas)
             if log_content is not None:
                 tenant.log_content = bool(log_content)
+            if not isinstance(pool, Unchanged):
+                tenant.pool = pool
             now = self._clock()
             await uow.tenants.update(tenant, now)
             if tenant.tier is not old_tier:
@@ -215,6 +230,7 @@ class TenancyService:
             limits=tenant.limits,
             quotas=tenant.quotas,
             log_content=tenant.log_content,
+            pool=tenant.pool,
         )
 
     async def _authenticate_jwt(self, token: str) -> TenantContext:
@@ -234,6 +250,7 @@ class TenancyService:
             limits=tenant.limits,
             quotas=tenant.quotas,
             log_content=tenant.log_content,
+            pool=tenant.pool,
         )
 
 

@@ -1,6 +1,7 @@
 """SQLAlchemy Core tables for tenants and API keys (the domain classes know nothing of them).
 
-Mirrors migrations 0001, 0002, 0008 (`tenant_tier_changes`) and 0010 (`log_content`); a
+Mirrors migrations 0001, 0002, 0008 (`tenant_tier_changes`), 0010 (`log_content`) and
+0012 (`pool`); a
 test checks that the migrated schema and these tables agree.
 Timestamps are stored as UTC and read back timezone-aware on every backend.
 """
@@ -64,6 +65,8 @@ tenants = Table(
     Column("quotas", JSON, nullable=False, server_default="[]"),
     # Whether its request records keep prompt and completion text (migration 0010).
     Column("log_content", Boolean, nullable=False, server_default=false()),
+    # The dedicated pool it was moved to; NULL: the shared pools (migration 0012).
+    Column("pool", String(64), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     CheckConstraint("tier IN ('free', 'standard', 'premium')", name="ck_tenants_tier"),

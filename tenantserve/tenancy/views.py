@@ -25,6 +25,7 @@ def tenant_json(tenant: Tenant) -> dict[str, Any]:
         "limits": tenant.limits.to_dict(),
         "quotas": [q.to_dict() for q in tenant.quotas],
         "log_content": tenant.log_content,
+        "pool": tenant.pool,
         "created_at": _ts(tenant.created_at),
     }
 

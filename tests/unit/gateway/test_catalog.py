@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tenantserve.gateway.catalog import CatalogEntry, ModelCatalog
 from tenantserve.tenancy.model import Region, TenantContext
 from tenantserve.tiers import Tier
@@ -49,3 +51,23 @@ def test_a_model_of_another_region_stays_in_the_view_so_admission_can_refuse_it(
 def test_the_key_scope_limits_what_is_listed() -> None:
     scoped = TenantContext("ten_vip", Tier.PREMIUM, Region.US, allowed_models=frozenset({"secret"}))
     assert [r.model_id for r in CATALOG.visible(scoped)] == ["secret"]
+
+
+def test_a_dedicated_pool_serves_only_the_tenant_moved_onto_it() -> None:
+    catalog = ModelCatalog(
+        [
+            CatalogEntry("Llama-8B", "shared-us", Region.US, 8192),
+            CatalogEntry("Llama-8B", "dedicated-1", Region.US, 8192, dedicated=True),
+            CatalogEntry("only-there", "dedicated-1", Region.US, 8192, dedicated=True),
+        ]
+    )
+    nobody = catalog.routes(ctx("ten_a"))
+    assert nobody["Llama-8B"].pool == "shared-us"
+    assert nobody["Llama-8B"].reserved_pool is None
+    assert "only-there" not in nobody  # dedicated, nobody moved there: not visible
+    moved = catalog.routes(replace(ctx("ten_a"), pool="dedicated-1"))
+    assert moved["Llama-8B"].reserved_pool == "dedicated-1"
+    assert moved["only-there"].reserved_pool == "dedicated-1"
+    # Another tenant's view is untouched by the first one's move (views are cached).
+    assert catalog.routes(ctx("ten_b"))["Llama-8B"].reserved_pool is None
+    assert "only-there" not in catalog.routes(ctx("ten_b"))

@@ -1,0 +1,87 @@
+"""RayPoolDeployment: one pool as a Ray Serve application (deploy, delete).
+
+Ray is connected to once per process (`connect_ray`: a local Ray, or the cluster at
+`RayConfig.address`); Serve runs without its HTTP proxy, as the gateway is the front
+door and calls replicas through deployment handles only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tenantserve.config import EngineConfig, RayConfig
+from tenantserve.errors import ConfigError
+
+RAY_NAMESPACE = "tenantserve"
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the Ray cluster at `address` (None: start a local one), then start Serve
+    without proxies; no-op when this process is already connected."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError as e:
+        raise ConfigError(
+            "the ray engine backend needs Ray Serve: pip install 'tenantserve[ray]'"
+        ) from e
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=RAY_NAMESPACE, log_to_driver=False)
+    serve.start(proxy_location="Disabled")
+
+
+@dataclass(frozen=True)
+class RayPoolDeployment:
+    """The Serve application of one pool: the engine deployment, its replicas and
+    autoscaling (a reserved pool never goes below its reservation)."""
+
+    name: str  # the pool's name: also the Serve application's and the deployment's
+    engine: EngineConfig
+    ray: RayConfig
+    min_replicas: int  # a reserved pool: its reservation
+    max_replicas: int
+
+    def autoscaling_config(self) -> dict[str, Any]:
+        """Serve's autoscaling on ongoing requests per replica."""
+        return {
+            "min_replicas": self.min_replicas,
+            "initial_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.ray.target_ongoing_requests,
+        }
+
+    def options(self) -> dict[str, Any]:
+        """The deployment's options: fixed replicas when min = max, else autoscaling;
+        as many ongoing requests per replica as its engine batches."""
+        options: dict[str, Any] = {
+            "name": self.name,
+            "max_ongoing_requests": self.engine.scheduler.max_num_seqs,
+            "ray_actor_options": {"num_cpus": self.ray.replica_num_cpus},
+            "health_check_period_s": 2.0,
+            "health_check_timeout_s": 30.0,
+        }
+        if self.min_replicas == self.max_replicas:
+            options["num_replicas"] = self.min_replicas
+        else:
+            options["autoscaling_config"] = self.autoscaling_config()
+        return options
+
+    def deploy(self) -> Any:
+        """Deploy (or update) the application; blocks until its replicas run and returns
+        its `DeploymentHandle`."""
+        from ray import serve
+
+        from tenantserve.engine_ray.deployment import engine_deployment
+
+        connect_ray(self.ray.address)
+        app = engine_deployment(**self.options()).bind(self.engine)
+        return serve.run(app, name=self.name, route_prefix=None)
+
+    def delete(self) -> None:
+        """Delete the application (its replicas stop); Ray itself keeps running."""
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            serve.delete(self.name)

@@ -1,0 +1,1 @@
+"""vLLM servers that tenantserve starts and stops (`launcher.py`)."""

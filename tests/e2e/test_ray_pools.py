@@ -1,0 +1,198 @@
+"""The built-in engine on Ray Serve (`--engine ray`) behind a real server: one local Ray
+(`ray.init(num_cpus=2)`) for the module, the shared pool as a deployment of two replicas
+of the tiny model. Requests are served through the SDK, an adapter's sequential requests
+stay on the replica that has it multiplexed, and a killed replica fails its in-flight
+request with an OpenAI-shaped error (metered as an error) and is replaced by Serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import pytest_asyncio
+from openai.types.chat import ChatCompletionMessageParam
+
+from tenantserve.bootstrap import open_tenancy
+from tenantserve.config import LoraConfig, RayConfig
+from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
+from tenantserve.engine_ray.client import RayServeEngineClient
+from tests.helpers.lora import write_random_adapter
+from tests.helpers.server import Running, add_tenant, serve, server_settings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Count to ten, please."}]
+# Serve learns which replica holds an adapter from the replica's report to its controller
+# (pushed every 0.1 s, then broadcast to routers): sequential traffic sticks after that.
+ROUTER_LEARNS_ADAPTERS_S = 1.5
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    """A local Ray for the module (2 CPUs), Serve and Ray shut down after it."""
+    try:
+        import ray
+        from ray import serve
+    except ImportError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Ray Serve is not installed: {e}")
+        print(f"skipping the Ray pool tests: Ray Serve is not installed ({e})")
+        pytest.skip(f"Ray Serve is not installed: {e}")
+    ray.init(num_cpus=2, log_to_driver=False)
+    try:
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def running(
+    ray_cluster: None, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Running]:
+    settings = replace(
+        server_settings(tmp_path_factory.mktemp("data"), tiny_model_dir),
+        engine_backend="ray",
+        ray=RayConfig(min_replicas=2, max_replicas=2, replica_num_cpus=0.5),
+        engine_threads=1,
+        lora=LoraConfig(max_loras=2),
+    )
+    tenancy = await open_tenancy(settings)
+    try:
+        acme = await add_tenant(tenancy.service, "acme")
+        globex = await add_tenant(tenancy.service, "globex")
+    finally:
+        await tenancy.db.dispose()
+    async with serve(settings) as (url, service):
+        yield Running(url=url, service=service, acme=acme, globex=globex)
+
+
+def _client(running: Running) -> RayServeEngineClient:
+    engine = running.service.engine
+    assert isinstance(engine, RayServeEngineClient)
+    return engine
+
+
+def _replica_actor_names() -> dict[str, str]:
+    """Replica id -> actor name of the shared pool's live replicas."""
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    return {n.rpartition("#")[2]: n for n in names if n.startswith("SERVE_REPLICA::shared#")}
+
+
+async def _usage(running: Running, key: str, n: int) -> dict[str, Any]:
+    """The caller's usage totals once they count `n` requests (or after 5 s)."""
+    deadline = time.monotonic() + 5
+    async with running.http(key=key) as http:
+        while True:
+            r = await http.get("/v1/usage")
+            assert r.status_code == 200, r.text
+            total: dict[str, Any] = r.json()["total"]
+            if total["requests"] >= n or time.monotonic() > deadline:
+                return total
+            await asyncio.sleep(0.05)
+
+
+async def test_requests_are_served_by_the_ray_deployment(running: Running) -> None:
+    client = running.sdk()
+    reply = await client.chat.completions.create(
+        model=running.model, messages=HELLO, max_tokens=5, temperature=0
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and reply.usage.completion_tokens == 5
+    request_id = reply.id.removeprefix("chatcmpl-")
+    placement = _client(running).placement(request_id)
+    assert placement is not None and placement.replica_id in _replica_actor_names()
+
+    stream = await client.chat.completions.create(
+        model=running.model, messages=HELLO, max_tokens=4, stream=True
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text
+
+    # Concurrent requests are spread over both replicas.
+    replies = await asyncio.gather(
+        *(
+            client.chat.completions.create(model=running.model, messages=HELLO, max_tokens=8)
+            for _ in range(8)
+        )
+    )
+    replicas = {_client(running).placement(r.id.removeprefix("chatcmpl-")) for r in replies}
+    assert len({p.replica_id for p in replicas if p is not None}) == 2
+
+
+async def test_sequential_requests_for_an_adapter_stay_on_the_replica_that_has_it(
+    running: Running, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    engine = _client(running)
+    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 1)
+    lora = LoraRef("acme-a1", str(adapter))
+
+    async def run(i: int) -> str:
+        request = EngineRequest(
+            f"affinity-{i}",
+            (1, 2, 3, 4),
+            SamplingParams(max_tokens=4, temperature=0),
+            running.acme.id,
+            lora=lora,
+        )
+        outputs = [o async for o in engine.generate(request)]
+        assert outputs[-1].finished and outputs[-1].error is None
+        placement = engine.placement(request.request_id)
+        assert placement is not None
+        assert placement.adapter_was_loaded is (i > 0)
+        return placement.replica_id
+
+    first = await run(0)
+    await asyncio.sleep(ROUTER_LEARNS_ADAPTERS_S)
+    assert [await run(i) for i in range(1, 9)] == [first] * 8
+
+
+async def test_a_killed_replica_fails_in_flight_requests_cleanly_and_is_replaced(
+    running: Running,
+) -> None:
+    import ray
+    from ray import serve
+
+    tenant = await add_tenant(running.tenancy, "ray-killed")
+    client = running.sdk(tenant.key)
+    stream = await client.chat.completions.create(
+        model=running.model, messages=HELLO, max_tokens=900, stream=True
+    )
+    first = await anext(aiter(stream))
+    placement = _client(running).placement(first.id.removeprefix("chatcmpl-"))
+    assert placement is not None
+    before = _replica_actor_names()
+    ray.kill(ray.get_actor(before[placement.replica_id], namespace="serve"), no_restart=True)
+
+    with pytest.raises(openai.APIError) as failed:
+        async with asyncio.timeout(30):  # a clean error, never a hang
+            async for _ in stream:
+                pass
+    assert "replica" in str(failed.value)
+
+    total = await _usage(running, tenant.key, 1)
+    assert total["requests"] == 1 and total["errors"] == 1
+
+    # Serve starts a replacement; new requests are served again.
+    deadline = time.monotonic() + 120
+    while True:
+        now = _replica_actor_names()
+        status = serve.status().applications["shared"].deployments["shared"]
+        replaced = placement.replica_id not in now and len(now) == 2
+        if replaced and status.replica_states.get("RUNNING") == 2:
+            break
+        assert time.monotonic() < deadline, f"not replaced: {now} {status}"
+        await asyncio.sleep(0.5)
+    assert len(set(now) - set(before)) == 1
+    reply = await client.chat.completions.create(model=running.model, messages=HELLO, max_tokens=3)
+    assert reply.usage is not None and reply.usage.completion_tokens == 3

@@ -1,0 +1,136 @@
+"""One real vLLM server (CPU build, its own venv) per test session, started by
+tenantserve's `VllmLauncher` on SmolLM2-135M, and a tenantserve server in front of it
+with two `kind = "vllm"` pools: `smol-vllm` (that server; it also serves the registry
+version of SmolLM2, so tenants' adapters run there) and `captured` (a recording fake
+upstream: what the gateway sends a vLLM server, cache_salt and priority included).
+
+Collected only with TENANTSERVE_VLLM=1 (`make test-vllm`): `make test` deselects them.
+vLLM's interpreter: TENANTSERVE_VLLM_PYTHON (default .venv-vllm/bin/python); missing, the
+tests skip with the reason, except under CI=true with TENANTSERVE_VLLM=1, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tenantserve.bootstrap import open_tenancy, registry_name
+from tenantserve.config import PoolConfig, VllmConfig, VllmLaunchConfig
+from tenantserve.engine_vllm.launcher import VllmLauncher
+from tests.helpers.server import Running, TenantKey, add_tenant, serve, server_settings
+from tests.helpers.upstream import FakeUpstream, running_upstream
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[2]
+VLLM_MODEL = "smol-vllm"  # the name tenants call the vLLM pool's model by
+CAPTURED_MODEL = "captured"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Outside `make test-vllm` (TENANTSERVE_VLLM=1) these tests are deselected."""
+    if os.environ.get("TENANTSERVE_VLLM") == "1":
+        return
+    mine = [i for i in items if HERE in Path(str(i.fspath)).parents]
+    if mine:
+        config.hook.pytest_deselected(items=mine)
+        items[:] = [i for i in items if i not in mine]
+
+
+def _vllm_python() -> Path:
+    path = Path(os.environ.get("TENANTSERVE_VLLM_PYTHON", REPO_ROOT / ".venv-vllm/bin/python"))
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    if not path.exists():
+        reason = f"no vLLM interpreter at {path} (make test-vllm installs it)"
+        if os.environ.get("CI") == "true" and os.environ.get("TENANTSERVE_VLLM") == "1":
+            pytest.fail(reason)
+        print(f"\nSKIP vLLM e2e tests: {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@dataclass(frozen=True)
+class VllmRunning:
+    """The gateway (`running`), the vLLM server behind it, a recording fake vLLM."""
+
+    running: Running
+    vllm: VllmLauncher
+    captured: FakeUpstream
+    free: TenantKey
+    premium: TenantKey
+
+    @property
+    def vllm_root(self) -> str:
+        return self.vllm.base_url.removesuffix("/v1")
+
+    @property
+    def registry_ref(self) -> str:
+        return f"{registry_name(self.running.service.settings)}@1.0.0"
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def vllm_server(
+    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[VllmLauncher]:
+    """The vLLM server, started once per session (about a minute on 2 CPU cores)."""
+    python = _vllm_python()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
+    launch = VllmLaunchConfig(
+        model=smollm2_dir,
+        python=python,
+        args=("--max-model-len", "2048", "--dtype", "bfloat16"),
+        start_timeout_s=600,
+    )
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    launcher = VllmLauncher(launch, (VLLM_MODEL,), log, max_loras=2, max_lora_rank=16)
+    await launcher.start()
+    print(f"\nvLLM started in {launcher.start_s:.1f} s (log: {log})")
+    try:
+        yield launcher
+    finally:
+        await launcher.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def vllm_running(
+    vllm_server: VllmLauncher, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[VllmRunning]:
+    """tenantserve in front of the vLLM server (built-in engine on the same SmolLM2: it
+    smoke-tests uploaded adapters), acme / globex standard, a free and a premium tenant."""
+    settings = server_settings(tmp_path_factory.mktemp("data"), smollm2_dir)
+    ref = f"{registry_name(settings)}@1.0.0"
+    async with running_upstream("captured") as captured:
+        pools = (
+            PoolConfig(
+                name="vllm",
+                kind="vllm",
+                base_url=vllm_server.base_url,
+                models=(VLLM_MODEL, f"{ref}={VLLM_MODEL}"),
+                max_model_len=2048,
+                vllm=VllmConfig(max_loras=2),
+            ),
+            PoolConfig(
+                name="vllm-captured",
+                kind="vllm",
+                base_url=captured.url,
+                models=(CAPTURED_MODEL,),
+                vllm=VllmConfig(cache_salt_secret="a-test-salt-secret"),
+            ),
+        )
+        settings = replace(settings, pools=pools)
+        tenancy = await open_tenancy(settings)
+        try:
+            acme = await add_tenant(tenancy.service, "acme")
+            globex = await add_tenant(tenancy.service, "globex")
+            free = await add_tenant(tenancy.service, "cheap", tier="free")
+            premium = await add_tenant(tenancy.service, "vip", tier="premium")
+        finally:
+            await tenancy.db.dispose()
+        async with serve(settings) as (url, service):
+            running = Running(url=url, service=service, acme=acme, globex=globex)
+            yield VllmRunning(running, vllm_server, captured, free, premium)

@@ -1,0 +1,90 @@
+"""Ray pool settings and deployment options, without starting Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tenantserve.bootstrap import build_pools
+from tenantserve.config import EngineConfig, RayConfig, Settings, parse_ray_reserved
+from tenantserve.engine_ray.client import RayServeEngineClient
+from tenantserve.engine_ray.deploy import RayPoolDeployment
+from tenantserve.errors import ConfigError
+from tenantserve.gateway.events import EventLog
+from tenantserve.gateway.pools import EnginePool
+
+
+def test_ray_backend_and_its_settings_come_from_the_environment() -> None:
+    s = Settings.from_env(
+        {
+            "TENANTSERVE_ENGINE_BACKEND": "ray",
+            "TENANTSERVE_RAY_ADDRESS": "auto",
+            "TENANTSERVE_RAY_MIN_REPLICAS": "1",
+            "TENANTSERVE_RAY_MAX_REPLICAS": "4",
+            "TENANTSERVE_RAY_TARGET_ONGOING_REQUESTS": "2.5",
+            "TENANTSERVE_RAY_RESERVED": "ten_a=2, ten_b=1",
+        }
+    )
+    assert s.engine_backend == "ray"
+    assert s.ray == RayConfig(
+        address="auto",
+        min_replicas=1,
+        max_replicas=4,
+        target_ongoing_requests=2.5,
+        reserved=(("ten_a", 2), ("ten_b", 1)),
+    )
+    assert Settings.from_env({}).engine_backend == "process"
+
+
+@pytest.mark.parametrize("value", ["ten_a", "ten_a=x", "=2", "ten_a=-1"])
+def test_a_malformed_reservation_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_ray_reserved(value)
+
+
+def test_an_unknown_engine_backend_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        Settings.from_env({"TENANTSERVE_ENGINE_BACKEND": "k8s"})
+
+
+def test_replica_bounds_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        RayConfig(min_replicas=3, max_replicas=2)
+    with pytest.raises(ConfigError):
+        RayConfig(reserved=(("ten_a", 0),))
+
+
+def test_equal_bounds_give_fixed_replicas_and_unequal_ones_autoscaling() -> None:
+    engine = EngineConfig(model_dir=Path("m"))
+    fixed = RayPoolDeployment("shared", engine, RayConfig(), 2, 2).options()
+    assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
+    assert fixed["max_ongoing_requests"] == engine.scheduler.max_num_seqs
+    scaled = RayPoolDeployment("shared", engine, RayConfig(target_ongoing_requests=3), 1, 4)
+    assert "num_replicas" not in scaled.options()
+    assert scaled.options()["autoscaling_config"] == {
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 4,
+        "target_ongoing_requests": 3,
+    }
+
+
+def test_each_reserved_tenant_gets_a_ray_pool_that_keeps_its_reservation(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        model_dir=tiny_model_dir,
+        engine_backend="ray",
+        ray=RayConfig(min_replicas=1, max_replicas=2, reserved=(("ten_a", 3),)),
+    )
+    pools = build_pools(settings, EventLog())
+    assert [p.name for p in pools] == ["shared", "reserved-ten_a"]
+    shared, reserved = pools
+    assert isinstance(shared, EnginePool) and isinstance(reserved, EnginePool)
+    assert shared.reserved_for == frozenset() and reserved.reserved_for == {"ten_a"}
+    assert isinstance(reserved.engine, RayServeEngineClient)
+    deployment = reserved.engine.deployment
+    assert (deployment.min_replicas, deployment.max_replicas) == (3, 3)
+    assert shared.engine.deployment.autoscaling_config()["min_replicas"] == 1  # type: ignore[attr-defined]
