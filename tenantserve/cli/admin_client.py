@@ -84,6 +84,12 @@ class AdminClient(Protocol):
         """The revoked key's `key_json` (idempotent); NotFoundError for an unknown id."""
         ...
 
+    async def move_tenant(
+        self, tenant_id: str, pool: str | None, drain_timeout_s: float
+    ) -> JsonObject:
+        """Move the tenant to a dedicated pool (None: back to shared); the move report."""
+        ...
+
 
 class DirectAdminClient:
     """`AdminClient` over the tenancy service, in this process (no server involved); each
@@ -128,6 +134,15 @@ class DirectAdminClient:
         await self._trail.record(*actions.key_revoked(out))
         return out
 
+    async def move_tenant(
+        self, tenant_id: str, pool: str | None, drain_timeout_s: float
+    ) -> JsonObject:
+        raise CommandError(
+            "moving a tenant warms the pool and drains in-flight requests in the running "
+            "gateway: pass --url (or set TENANTSERVE_URL) to go through its admin API",
+            2,
+        )
+
 
 class HttpAdminClient:
     """`AdminClient` over a running server's admin API; `http` carries the base URL and
@@ -164,6 +179,12 @@ class HttpAdminClient:
 
     async def revoke_key(self, key_id: str) -> JsonObject:
         return _object(await self._call("DELETE", f"/admin/keys/{key_id}"))
+
+    async def move_tenant(
+        self, tenant_id: str, pool: str | None, drain_timeout_s: float
+    ) -> JsonObject:
+        body: JsonObject = {"pool": pool, "drain_timeout_s": drain_timeout_s}
+        return _object(await self._call("POST", f"/admin/tenants/{tenant_id}/move", body))
 
     async def _call(self, method: str, path: str, body: JsonObject | None = None) -> Any:
         import httpx

@@ -54,6 +54,7 @@ from tenantserve.gateway.routes_requests import RequestRoutes
 from tenantserve.gateway.routes_rollout import RolloutRoutes
 from tenantserve.gateway.routes_spend import SpendRoutes
 from tenantserve.gateway.routes_usage import UsageRoutes
+from tenantserve.gateway.tenant_move import TenantMover
 from tenantserve.metering.meter import Meter
 from tenantserve.metering.store import UsageStore
 from tenantserve.observability.middleware import TelemetryMiddleware
@@ -190,7 +191,10 @@ def create_app(
     for path, endpoint in completions.items():
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     audit, token = gateway.audit, gateway.admin_token
-    AdminRoutes(gateway.tenancy, auth, token, gateway.events, audit).install(app)
+    mover = TenantMover(
+        gateway.pools, gateway.tenancy, auth, gateway.auth_cache_ttl_s, gateway.adapters, audit
+    )
+    AdminRoutes(gateway.tenancy, auth, token, gateway.events, audit, mover).install(app)
     AccountRoutes(gateway.tenancy, auth, dispatcher.quotas.ledger, audit).install(app)
     PoolRoutes(gateway.pools, token).install(app)
     if gateway.registry is not None:

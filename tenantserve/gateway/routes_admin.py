@@ -8,6 +8,10 @@ Bearer admin token.
                                         "quotas"?: [{"metric", "period", "limit",
                                                      "enforcement"}],
                                         "log_content"?: bool}           -> tenant
+    POST   /admin/tenants/{id}/move    {"pool": name | null, "drain_timeout_s"?}
+                                       to a dedicated pool (null: back to shared),
+                                       warmed, switched, drained (`tenant_move.py`)
+                                                                        -> move report
     POST   /admin/tenants/{id}/keys    {"expires_days"?, "allowed_models"?} -> 201 key + `key`
     GET    /admin/tenants/{id}/keys                                      -> {"data": [key]}
     DELETE /admin/keys/{key_id}        revoke (idempotent)               -> key
@@ -34,6 +38,7 @@ from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.gateway.auth import Authenticator, check_admin
 from tenantserve.gateway.errors import parse_body
 from tenantserve.gateway.events import EventLog
+from tenantserve.gateway.tenant_move import DEFAULT_DRAIN_TIMEOUT_S, TenantMover
 from tenantserve.tenancy.service import TenancyService
 from tenantserve.tenancy.views import key_json, tenant_json
 
@@ -61,6 +66,11 @@ class TenantPatch(_Strict):
     log_content: bool | None = None
 
 
+class TenantMove(_Strict):
+    pool: str | None
+    drain_timeout_s: Annotated[float, Field(gt=0, le=3600)] = DEFAULT_DRAIN_TIMEOUT_S
+
+
 class KeyCreate(_Strict):
     expires_days: Annotated[float, Field(gt=0)] | None = None
     allowed_models: list[str] = Field(default_factory=list)
@@ -76,10 +86,12 @@ class AdminRoutes:
         admin_token: str,
         events: EventLog,
         audit: AuditRecorder | None = None,
+        mover: TenantMover | None = None,
     ) -> None:
         self.tenancy = tenancy
         self.auth = auth
         self.events = events
+        self.mover = mover
         self.audit = audit if audit is not None else NullRecorder()
         self._token = admin_token.encode()
 
@@ -89,6 +101,8 @@ class AdminRoutes:
         app.add_api_route("/admin/tenants", self.list_tenants, methods=["GET"])
         app.add_api_route("/admin/tenants/{tenant_id}", self.get_tenant, methods=["GET"])
         app.add_api_route("/admin/tenants/{tenant_id}", self.update_tenant, methods=["PATCH"])
+        if self.mover is not None:
+            app.add_api_route("/admin/tenants/{tenant_id}/move", self.move, methods=["POST"])
         app.add_api_route("/admin/tenants/{tenant_id}/keys", self.create_key, methods=["POST"])
         app.add_api_route("/admin/tenants/{tenant_id}/keys", self.list_keys, methods=["GET"])
         app.add_api_route("/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"])
@@ -129,6 +143,13 @@ class AdminRoutes:
         after = tenant_json(tenant)
         await self.audit.record(ADMIN_ACTOR, *actions.tenant_updated(before, after))
         return after
+
+    async def move(self, request: Request, tenant_id: str) -> dict[str, Any]:
+        self._check(request)
+        body = await parse_body(request, TenantMove)
+        assert self.mover is not None
+        report = await self.mover.move(tenant_id, body.pool, ADMIN_ACTOR, body.drain_timeout_s)
+        return report.to_json()
 
     async def create_key(self, request: Request, tenant_id: str) -> JSONResponse:
         self._check(request)

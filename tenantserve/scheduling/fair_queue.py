@@ -258,6 +258,11 @@ class FairQueue:
     def in_flight(self) -> int:
         return len(self._active)
 
+    def tenant_load(self, tenant_id: str) -> int:
+        """The tenant's requests here: holding a slot or waiting for one."""
+        active = sum(1 for g in self._active.values() if g.ticket.tenant_id == tenant_id)
+        return active + sum(len(q.get(tenant_id, ())) for q in self._queues.values())
+
     @property
     def num_waiting(self) -> int:
         return sum(self._num_waiting.values())

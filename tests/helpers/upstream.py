@@ -45,6 +45,9 @@ class FakeUpstream:
             raw += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if scope["method"] == "GET" and scope["path"].endswith("/models"):  # a health probe
+            await _send_json(send, 200, {"object": "list", "data": [{"id": self.name}]})
+            return
         body = json.loads(raw)
         self.requests.append(body)
         self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
