@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 
-from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.gateway.auth import check_admin
 from tenantserve.gateway.pools import EnginePool, Pool
-from tenantserve.observability.engine_metrics import STATS_TIMEOUT_S, PoolSnapshot
+from tenantserve.observability.engine_metrics import PoolSnapshot, snapshot
 
 if TYPE_CHECKING:  # the engine module imports torch; the gateway only reads its stats
     from tenantserve.engine.engine import EngineStats
@@ -59,21 +58,6 @@ class PoolRoutes:
         snapshots = await asyncio.gather(*(snapshot(p) for p in self.pools))
         data = [pool_json(p, s) for p, s in zip(self.pools, snapshots, strict=True)]
         return {"object": "list", "data": data}
-
-
-async def snapshot(pool: Pool) -> PoolSnapshot:
-    """The pool's queue now and, for an engine pool, its engine's stats (None when the
-    engine does not answer within `STATS_TIMEOUT_S`)."""
-    queue = pool.queue.stats()
-    if not isinstance(pool, EnginePool) or not isinstance(pool.engine, AsyncEngineClient):
-        return PoolSnapshot(pool.name, queue)
-    engine = pool.engine
-    try:
-        stats = await asyncio.wait_for(engine.stats(), STATS_TIMEOUT_S)
-    except Exception as e:  # restarting, shut down, slow: reported as down
-        logger.debug("no stats from pool %s's engine: %s", pool.name, e)
-        return PoolSnapshot(pool.name, queue, None, False, engine.num_restarts)
-    return PoolSnapshot(pool.name, queue, stats, True, engine.num_restarts)
 
 
 def pool_json(pool: Pool, snap: PoolSnapshot) -> dict[str, Any]:

@@ -75,21 +75,9 @@ class PoolCollector(Collector):
         await asyncio.shield(self._refreshing)
 
     async def _take(self) -> None:
-        snapshots = await asyncio.gather(*(self._snapshot(p) for p in self.pools))
+        snapshots = await asyncio.gather(*(snapshot(p) for p in self.pools))
         self._snapshots = list(snapshots)
         self._taken_at = time.monotonic()
-
-    async def _snapshot(self, pool: Pool) -> PoolSnapshot:
-        queue = pool.queue.stats()
-        if not isinstance(pool, EnginePool) or not isinstance(pool.engine, AsyncEngineClient):
-            return PoolSnapshot(pool.name, queue)
-        engine = pool.engine
-        try:
-            stats = await asyncio.wait_for(engine.stats(), STATS_TIMEOUT_S)
-        except Exception as e:  # restarting, shut down, slow: reported as down
-            logger.debug("no stats from pool %s's engine: %s", pool.name, e)
-            return PoolSnapshot(pool.name, queue, None, False, engine.num_restarts)
-        return PoolSnapshot(pool.name, queue, stats, True, engine.num_restarts)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | SummaryMetricFamily]:
         self._refresh_from_other_thread()
@@ -207,3 +195,18 @@ def _engine_families(
             loads.add_metric([pool, "host"], a.num_host_loads, a.host_load_s_total)
     yield from (up, restarts, running, waiting, batch_seqs, batch_tokens, steps, batched)
     yield from (preemptions, kv, evictions, prompt, hits, hit_rate, adapters, loads)
+
+
+async def snapshot(pool: Pool) -> PoolSnapshot:
+    """The pool's queue now and, for an engine pool, its engine's stats (None when the
+    engine does not answer within `STATS_TIMEOUT_S`)."""
+    queue = pool.queue.stats()
+    if not isinstance(pool, EnginePool) or not isinstance(pool.engine, AsyncEngineClient):
+        return PoolSnapshot(pool.name, queue)
+    engine = pool.engine
+    try:
+        stats = await asyncio.wait_for(engine.stats(), STATS_TIMEOUT_S)
+    except Exception as e:  # restarting, shut down, slow: reported as down
+        logger.debug("no stats from pool %s's engine: %s", pool.name, e)
+        return PoolSnapshot(pool.name, queue, None, False, engine.num_restarts)
+    return PoolSnapshot(pool.name, queue, stats, True, engine.num_restarts)
