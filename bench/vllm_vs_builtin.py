@@ -25,8 +25,9 @@ import openai
 import uvicorn
 
 from tenantserve.bootstrap import build_service, open_tenancy
-from tenantserve.config import PoolConfig, Settings, VllmConfig, VllmLaunchConfig
+from tenantserve.config import Settings
 from tenantserve.engine.models.convert import ensure_default_model
+from tenantserve.pool_config import PoolConfig, VllmConfig, VllmLaunchConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VLLM_MODEL = "smol-vllm"

@@ -36,7 +36,7 @@ from tenantserve.billing.price_service import PriceBookService
 from tenantserve.billing.service import BillingService
 from tenantserve.billing.stripe_export import StripeExporter
 from tenantserve.billing.unit_of_work import BillingUnitOfWork
-from tenantserve.config import PoolConfig, Settings
+from tenantserve.config import Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.models.checkpoint import read_config
 from tenantserve.engine.models.convert import ensure_default_model
@@ -58,6 +58,7 @@ from tenantserve.observability.record_store import RequestRecordStore
 from tenantserve.observability.record_writer import RecordWriter
 from tenantserve.observability.slo_monitor import SloMonitor
 from tenantserve.observability.telemetry import Telemetry
+from tenantserve.pool_config import PoolConfig
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.registry.adapter_smoke import EngineSmokeTester
 from tenantserve.registry.artifact_cache import ArtifactCache

@@ -30,12 +30,13 @@ from tenantserve.cli.prices import credit_app, price_app
 from tenantserve.cli.rollout import rollout_app
 from tenantserve.cli.tenants import key_app, tenant_app
 from tenantserve.cli.usage import usage_app
-from tenantserve.config import ENGINE_BACKENDS, Settings, load_pools
+from tenantserve.config import ENGINE_BACKENDS, Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import ConfigError, InvalidRequestError, TenantServeError
 from tenantserve.observability.logging import configure_logging
+from tenantserve.pool_config import load_pools
 
 if TYPE_CHECKING:
     from tenantserve.bootstrap import Service

@@ -8,7 +8,7 @@ more than the API gives that credential: the isolation rules of `/v1/...` and th
 token of `/admin/...` are the console's rules, tested once, and every operator read the
 console makes is audited like any other.
 
-    GET /console                      → the sign-in page
+    GET /console                      the sign-in page
     GET /console/signin               API key, JWT or admin token (kept in the tab's
                                       sessionStorage, sent as `Authorization: Bearer`)
     GET /console/<tenant page>        `TENANT_PAGES`
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -90,9 +90,11 @@ class ConsoleRoutes:
     def install(self, app: FastAPI) -> None:
         """Add `/console...` to `app`."""
         app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console")
-        app.add_api_route(PREFIX, self.root, methods=["GET"], include_in_schema=False)
-        app.add_api_route(f"{PREFIX}/", self.root, methods=["GET"], include_in_schema=False)
         signin = Page("/signin", "Sign in", "signin.html", "signin.js", in_nav=False)
+        for root in (PREFIX, f"{PREFIX}/"):  # the sign-in page, at the console's own address
+            app.add_api_route(
+                root, self._renderer(signin, "public"), methods=["GET"], include_in_schema=False
+            )
         for role, pages in (
             ("public", (signin,)),
             ("tenant", TENANT_PAGES),
@@ -105,9 +107,6 @@ class ConsoleRoutes:
                     methods=["GET"],
                     include_in_schema=False,
                 )
-
-    async def root(self) -> RedirectResponse:
-        return RedirectResponse(f"{PREFIX}/signin", status_code=307)
 
     def _renderer(self, page: Page, role: str) -> Callable[[Request], Awaitable[HTMLResponse]]:
         nav = {"tenant": TENANT_PAGES, "admin": ADMIN_PAGES}.get(role, ())

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from tenantserve.config import VllmLaunchConfig
 from tenantserve.errors import ConfigError
+from tenantserve.pool_config import VllmLaunchConfig
 
 logger = logging.getLogger(__name__)
 

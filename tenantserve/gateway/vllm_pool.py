@@ -25,12 +25,12 @@ from typing import Any
 
 import httpx
 
-from tenantserve.config import PoolConfig
 from tenantserve.engine.request import LoraRef
 from tenantserve.engine_vllm.launcher import VllmLauncher
 from tenantserve.gateway.pools import UpstreamModel, UpstreamPool, release_nothing
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.gateway.vllm_adapters import VllmAdapters
+from tenantserve.pool_config import PoolConfig
 from tenantserve.scheduling.fair_queue import FairQueue
 from tenantserve.tenancy.model import TenantContext
 from tenantserve.tiers import Tier

@@ -13,7 +13,8 @@ from tests.helpers.server import ADMIN_TOKEN, Running
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TENANT_FIELDS = {
-    "id", "name", "tier", "region", "status", "limits", "quotas", "log_content", "pool", "created_at",
+    "id", "name", "tier", "region", "status", "limits", "quotas", "log_content", "pool",
+    "created_at",
 }  # fmt: skip
 MONTH_TOKENS = {"metric": "tokens", "period": "month", "limit": 1_000_000, "enforcement": "hard"}
 DAY_REQUESTS = {"metric": "requests", "period": "day", "limit": 500, "enforcement": "soft"}

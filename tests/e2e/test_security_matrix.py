@@ -46,7 +46,7 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from tenantserve.billing.period import BillingPeriod
 from tenantserve.bootstrap import registry_name
@@ -57,6 +57,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 # Paths served to anyone (the OpenAPI document and its viewers included).
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The console's pages are shells without data (their scripts call the API with the
+# signed-in credential): public, like its static files (`/console/static`, a mount).
+CONSOLE = "/console"
 # Paths outside /admin that are the operator's all the same.
 ADMIN_PATHS = frozenset({"/metrics"})
 ADAPTER = "matrix-secret-bot"  # acme's adapter: a model name only acme can use
@@ -120,7 +123,7 @@ class Endpoint:
 
 def classify(path: str) -> RouteClass | None:
     """The class of a route by its path; None for a path this matrix does not know."""
-    if path in PUBLIC_PATHS:
+    if path in PUBLIC_PATHS or path == CONSOLE or path.startswith(f"{CONSOLE}/"):
         return RouteClass.PUBLIC
     if path in ADMIN_PATHS or path == "/admin" or path.startswith("/admin/"):
         return RouteClass.ADMIN
@@ -137,6 +140,8 @@ def route_table(app: FastAPI) -> list[Endpoint]:
     fast_routes: dict[str, Any] = getattr(app, "fast_routes", {})
     pairs: list[tuple[str, str]] = [("POST", path) for path in fast_routes]
     for route in app.routes:
+        if isinstance(route, Mount) and route.path == f"{CONSOLE}/static":
+            continue  # static files: public
         if not isinstance(route, APIRoute | Route):
             unknown.append(f"{type(route).__name__} {getattr(route, 'path', route)!r}")
             continue
@@ -212,6 +217,8 @@ async def owned(running: Running, tmp_path_factory: pytest.TempPathFactory) -> O
         "name": ADAPTER,
         "invoice_id": invoice_id,
         "request_id": request_id,
+        "key_id": spare.key.id,
+        "id": request_id,  # console pages: /console/requests/{id}
     }
     admin_ids = {
         "tenant_id": running.acme.id,
@@ -244,6 +251,10 @@ EXCEPTIONS: dict[tuple[str, str, Cell], tuple[int, ...]] = {
     # The test server has no payment provider configured: 503 not_configured, after the
     # token was accepted.
     ("POST", "/admin/invoices/{invoice_id}/export/stripe", Cell.ADMIN_TOKEN): (503,),
+    # Keys are managed with an unscoped API key only: a JWT is refused (403 permission).
+    ("GET", "/v1/keys", Cell.OWNER_JWT): (403,),
+    ("POST", "/v1/keys", Cell.OWNER_JWT): (403,),
+    ("DELETE", "/v1/keys/{key_id}", Cell.OWNER_JWT): (403,),
 }
 
 
@@ -381,10 +392,10 @@ async def test_a_route_the_matrix_does_not_know_fails_it() -> None:
         return {}
 
     app.add_api_route("/v1/things/{thing_id}", endpoint, methods=["GET"])
-    app.add_api_route("/console/tenants", endpoint, methods=["GET"])
-    with pytest.raises(AssertionError, match="GET /console/tenants"):
+    app.add_api_route("/dashboard/tenants", endpoint, methods=["GET"])
+    with pytest.raises(AssertionError, match="GET /dashboard/tenants"):
         route_table(app)
-    app.router.routes = [r for r in app.router.routes if r.path != "/console/tenants"]
+    app.router.routes = [r for r in app.router.routes if r.path != "/dashboard/tenants"]
     [thing] = [e for e in route_table(app) if e.cls is RouteClass.TENANT]
     assert str(thing) == "GET /v1/things/{thing_id}"
     # ... and a path parameter it has no id for fails it too.

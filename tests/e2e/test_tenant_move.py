@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from tenantserve.bootstrap import open_tenancy
-from tenantserve.config import PoolConfig
+from tenantserve.pool_config import PoolConfig
 from tests.helpers.server import ADMIN_TOKEN, TenantKey, add_tenant, serve, server_settings
 from tests.helpers.upstream import FakeUpstream, running_upstream
 

@@ -20,8 +20,8 @@ import pytest
 import pytest_asyncio
 
 from tenantserve.bootstrap import open_tenancy, registry_name
-from tenantserve.config import PoolConfig, VllmConfig, VllmLaunchConfig
 from tenantserve.engine_vllm.launcher import VllmLauncher
+from tenantserve.pool_config import PoolConfig, VllmConfig, VllmLaunchConfig
 from tests.helpers.server import Running, TenantKey, add_tenant, serve, server_settings
 from tests.helpers.upstream import FakeUpstream, running_upstream
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantserve.config import load_pools
 from tenantserve.engine.request import LoraRef
 from tenantserve.errors import ConfigError
 from tenantserve.gateway.pools import UpstreamModel
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.gateway.vllm_adapters import VllmAdapters
 from tenantserve.gateway.vllm_pool import VllmPool, cache_salt, vllm_priority
+from tenantserve.pool_config import load_pools
 from tenantserve.tenancy.model import Region, TenantContext
 from tenantserve.tiers import Tier
 
