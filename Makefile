@@ -77,7 +77,7 @@ $(VLLM_VENV)/.installed:
 
 test-vllm: install-dev $(VLLM_VENV)/.installed
 	CI=true TENANTSERVE_VLLM=1 TENANTSERVE_VLLM_PYTHON=$(VLLM_VENV)/bin/python \
-		$(PY) -m pytest -q -ra tests/e2e/vllm
+		$(PY) -m pytest -q -ra -m vllm tests/e2e/vllm tests/e2e/backends
 
 bench: install-dev
 	$(PY) bench/engine.py

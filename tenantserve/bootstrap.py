@@ -248,13 +248,14 @@ def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
     specs += [(f"reserved-{tenant}", tenant, n) for tenant, n in ray.reserved]
     for name, tenant, min_replicas in specs:
         max_replicas = max(min_replicas, ray.max_replicas)
-        deployment = RayPoolDeployment(
-            name, settings.engine_config(model_dir), ray, min_replicas, max_replicas
-        )
         # Serve queues beyond what the replicas batch; the fair queue admits what the
-        # most replicas could run at once.
+        # most replicas could run at once (and premium requests past that).
         in_flight = settings.scheduler.max_num_seqs * max_replicas
         queue = FairQueue(FairQueueConfig(max_in_flight=in_flight))
+        headroom = max(queue.config.priority_headroom.values(), default=0)
+        deployment = RayPoolDeployment(
+            name, settings.engine_config(model_dir), ray, min_replicas, max_replicas, headroom
+        )
         pools.append(
             EnginePool(
                 name=name,

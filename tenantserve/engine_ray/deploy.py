@@ -41,6 +41,10 @@ class RayPoolDeployment:
     ray: RayConfig
     min_replicas: int  # a reserved pool: its reservation
     max_replicas: int
+    # Requests a replica takes beyond what its engine batches: the gateway's fair queue
+    # lets a premium request past a full pool (its tier's headroom), and the replica's
+    # engine preempts a lower tier for it; Serve must not hold it back.
+    priority_headroom: int = 0
 
     def autoscaling_config(self) -> dict[str, Any]:
         """Serve's autoscaling on ongoing requests per replica."""
@@ -53,10 +57,10 @@ class RayPoolDeployment:
 
     def options(self) -> dict[str, Any]:
         """The deployment's options: fixed replicas when min = max, else autoscaling;
-        as many ongoing requests per replica as its engine batches."""
+        as many ongoing requests per replica as its engine batches, plus the headroom."""
         options: dict[str, Any] = {
             "name": self.name,
-            "max_ongoing_requests": self.engine.scheduler.max_num_seqs,
+            "max_ongoing_requests": self.engine.scheduler.max_num_seqs + self.priority_headroom,
             "ray_actor_options": {"num_cpus": self.ray.replica_num_cpus},
             "health_check_period_s": 2.0,
             "health_check_timeout_s": 30.0,

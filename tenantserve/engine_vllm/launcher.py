@@ -3,7 +3,8 @@ stops itself (a `kind = "vllm"` pool with `launch = {...}`).
 
 The server runs as `python -m vllm.entrypoints.openai.api_server` from vLLM's own
 interpreter (its own virtual environment), on loopback, with runtime LoRA updating on
-(`VLLM_ALLOW_RUNTIME_LORA_UPDATING`), `--enable-lora` and `--scheduling-policy priority`;
+(`VLLM_ALLOW_RUNTIME_LORA_UPDATING`), `--enable-lora`, `--scheduling-policy priority` and
+`--enable-prompt-tokens-details` (cached prompt tokens in usage, metered as cached);
 its stdout and stderr go to a log file. `start()` returns once `GET /health` answers 200;
 a process that exits first, or a server not healthy within the deadline, raises
 `ConfigError` with the log's last lines.
@@ -84,6 +85,8 @@ class VllmLauncher:
             str(self.max_lora_rank),
             "--scheduling-policy",
             "priority",
+            # usage.prompt_tokens_details.cached_tokens: metered, billed at the cached rate
+            "--enable-prompt-tokens-details",
             *self.cfg.args,
         ]
 

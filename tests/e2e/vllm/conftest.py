@@ -4,14 +4,13 @@ with two `kind = "vllm"` pools: `smol-vllm` (that server; it also serves the reg
 version of SmolLM2, so tenants' adapters run there) and `captured` (a recording fake
 upstream: what the gateway sends a vLLM server, cache_salt and priority included).
 
-Collected only with TENANTSERVE_VLLM=1 (`make test-vllm`): `make test` deselects them.
-vLLM's interpreter: TENANTSERVE_VLLM_PYTHON (default .venv-vllm/bin/python); missing, the
-tests skip with the reason, except under CI=true with TENANTSERVE_VLLM=1, where they fail.
+Marked `vllm`: collected only with TENANTSERVE_VLLM=1 (`make test-vllm`); the vLLM server
+is the session's `vllm_server` (tests/e2e/conftest.py). The backend-neutral suite that
+also runs against it is tests/e2e/backends.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,37 +20,12 @@ import pytest_asyncio
 
 from tenantserve.bootstrap import open_tenancy, registry_name
 from tenantserve.engine_vllm.launcher import VllmLauncher
-from tenantserve.pool_config import PoolConfig, VllmConfig, VllmLaunchConfig
+from tenantserve.pool_config import PoolConfig, VllmConfig
 from tests.helpers.server import Running, TenantKey, add_tenant, serve, server_settings
 from tests.helpers.upstream import FakeUpstream, running_upstream
+from tests.helpers.vllm import VLLM_MODEL
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parents[2]
-VLLM_MODEL = "smol-vllm"  # the name tenants call the vLLM pool's model by
 CAPTURED_MODEL = "captured"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Outside `make test-vllm` (TENANTSERVE_VLLM=1) these tests are deselected."""
-    if os.environ.get("TENANTSERVE_VLLM") == "1":
-        return
-    mine = [i for i in items if HERE in Path(str(i.fspath)).parents]
-    if mine:
-        config.hook.pytest_deselected(items=mine)
-        items[:] = [i for i in items if i not in mine]
-
-
-def _vllm_python() -> Path:
-    path = Path(os.environ.get("TENANTSERVE_VLLM_PYTHON", REPO_ROOT / ".venv-vllm/bin/python"))
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not path.exists():
-        reason = f"no vLLM interpreter at {path} (make test-vllm installs it)"
-        if os.environ.get("CI") == "true" and os.environ.get("TENANTSERVE_VLLM") == "1":
-            pytest.fail(reason)
-        print(f"\nSKIP vLLM e2e tests: {reason}")
-        pytest.skip(reason)
-    return path
 
 
 @dataclass(frozen=True)
@@ -71,29 +45,6 @@ class VllmRunning:
     @property
     def registry_ref(self) -> str:
         return f"{registry_name(self.running.service.settings)}@1.0.0"
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def vllm_server(
-    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[VllmLauncher]:
-    """The vLLM server, started once per session (about a minute on 2 CPU cores)."""
-    python = _vllm_python()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache
-    launch = VllmLaunchConfig(
-        model=smollm2_dir,
-        python=python,
-        args=("--max-model-len", "2048", "--dtype", "bfloat16"),
-        start_timeout_s=600,
-    )
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    launcher = VllmLauncher(launch, (VLLM_MODEL,), log, max_loras=2, max_lora_rank=16)
-    await launcher.start()
-    print(f"\nvLLM started in {launcher.start_s:.1f} s (log: {log})")
-    try:
-        yield launcher
-    finally:
-        await launcher.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -60,6 +60,9 @@ def test_equal_bounds_give_fixed_replicas_and_unequal_ones_autoscaling() -> None
     fixed = RayPoolDeployment("shared", engine, RayConfig(), 2, 2).options()
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
     assert fixed["max_ongoing_requests"] == engine.scheduler.max_num_seqs
+    # A premium request the fair queue lets past a full pool reaches the engine.
+    headroom = RayPoolDeployment("shared", engine, RayConfig(), 2, 2, priority_headroom=2)
+    assert headroom.options()["max_ongoing_requests"] == engine.scheduler.max_num_seqs + 2
     scaled = RayPoolDeployment("shared", engine, RayConfig(target_ongoing_requests=3), 1, 4)
     assert "num_replicas" not in scaled.options()
     assert scaled.options()["autoscaling_config"] == {
