@@ -235,8 +235,9 @@ def build_engine_pool(settings: Settings, events: EventLog) -> EnginePool:
 
 def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
     """The built-in engine's pools as Ray Serve deployments (`--engine ray`): the shared
-    pool, autoscaled between the configured replica counts, and one pool per reserved
-    premium tenant that keeps at least its reservation."""
+    pool, autoscaled between the configured replica counts, one pool per reserved
+    premium tenant that keeps at least its reservation, and the dedicated pools (no
+    replica until a tenant is moved onto one)."""
     from tenantserve.engine_ray.client import RayServeEngineClient
     from tenantserve.engine_ray.deploy import RayPoolDeployment
 
@@ -244,17 +245,30 @@ def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
     model = load_served_model(model_dir)
     ray = settings.ray
     pools = []
-    specs: list[tuple[str, str | None, int]] = [(SHARED_POOL, None, ray.min_replicas)]
-    specs += [(f"reserved-{tenant}", tenant, n) for tenant, n in ray.reserved]
-    for name, tenant, min_replicas in specs:
-        max_replicas = max(min_replicas, ray.max_replicas)
+    # (name, reserved for, min replicas, max replicas, dedicated)
+    specs: list[tuple[str, str | None, int, int, bool]] = [
+        (SHARED_POOL, None, ray.min_replicas, ray.max_replicas, False)
+    ]
+    specs += [
+        (f"reserved-{tenant}", tenant, n, max(n, ray.max_replicas), False)
+        for tenant, n in ray.reserved
+    ]
+    # Dedicated pools start with no replica: a tenant move brings them up.
+    specs += [(name, None, 0, n, True) for name, n in ray.dedicated]
+    for name, tenant, min_replicas, max_replicas, dedicated in specs:
         # Serve queues beyond what the replicas batch; the fair queue admits what the
         # most replicas could run at once (and premium requests past that).
         in_flight = settings.scheduler.max_num_seqs * max_replicas
         queue = FairQueue(FairQueueConfig(max_in_flight=in_flight))
         headroom = max(queue.config.priority_headroom.values(), default=0)
         deployment = RayPoolDeployment(
-            name, settings.engine_config(model_dir), ray, min_replicas, max_replicas, headroom
+            name,
+            settings.engine_config(model_dir),
+            ray,
+            min_replicas,
+            max_replicas,
+            headroom,
+            dedicated=dedicated,
         )
         pools.append(
             EnginePool(
@@ -264,6 +278,7 @@ def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
                 queue=queue,
                 region=settings.region,
                 reserved_for=frozenset({tenant}) if tenant else frozenset(),
+                dedicated=dedicated,
                 noisy_neighbors=NoisyNeighborMonitor(NoisyNeighborDetector(), queue, events, name),
             )
         )

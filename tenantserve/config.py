@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tenantserve.errors import ConfigError
 from tenantserve.pool_config import PoolConfig, load_pools
+from tenantserve.ray_config import RayConfig, parse_ray_counts, parse_ray_reserved
 from tenantserve.tenancy.model import Region
 from tenantserve.tiers import Tier
 
@@ -204,28 +205,6 @@ ENGINE_BACKENDS = ("process", "ray")
 
 
 @dataclass(frozen=True)
-class RayConfig:
-    """Built-in engine pools as Ray Serve deployments (`engine_backend = "ray"`): one
-    deployment per pool, replicas autoscaled between `min_replicas` and `max_replicas` on
-    ongoing requests per replica; `reserved` gives each premium tenant id its own pool
-    that keeps at least that many replicas."""
-
-    # None: a local Ray started by the gateway; "auto" or "ray://host:port": a cluster.
-    address: str | None = None
-    min_replicas: int = 1
-    max_replicas: int = 1
-    target_ongoing_requests: float = 4.0
-    replica_num_cpus: float = 1.0
-    reserved: tuple[tuple[str, int], ...] = ()  # (tenant id, replicas)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-            raise ConfigError("Ray pools need 0 <= min_replicas <= max_replicas, max >= 1")
-        if any(n < 1 for _, n in self.reserved):
-            raise ConfigError("a reserved Ray pool keeps at least 1 replica")
-
-
-@dataclass(frozen=True)
 class EvalConfig:
     """The eval gate (`registry/eval_gate.py`): a candidate regresses below the stable
     version's score minus `regression_threshold`, or below `min_score` (sets without a
@@ -377,19 +356,9 @@ def _engine_backend_from_env(s: Settings, env: Mapping[str, str]) -> Settings:
         r = replace(r, replica_num_cpus=_float(v, "RAY_REPLICA_CPUS"))
     if v := env.get("TENANTSERVE_RAY_RESERVED"):
         r = replace(r, reserved=parse_ray_reserved(v))
+    if v := env.get("TENANTSERVE_RAY_DEDICATED"):
+        r = replace(r, dedicated=parse_ray_counts(v, "POOL"))
     return replace(s, ray=r)
-
-
-def parse_ray_reserved(value: str) -> tuple[tuple[str, int], ...]:
-    """`TENANT=N[,TENANT=N...]` (TENANTSERVE_RAY_RESERVED, `--ray-reserve`): a reserved
-    Ray pool per premium tenant id, keeping at least N replicas."""
-    out: list[tuple[str, int]] = []
-    for part in filter(None, (p.strip() for p in value.split(","))):
-        tenant, sep, n = part.partition("=")
-        if not sep or not tenant or not n.isdigit():
-            raise ConfigError(f"a Ray reservation is TENANT=REPLICAS, got {part!r}")
-        out.append((tenant, int(n)))
-    return tuple(out)
 
 
 def _metering_from_env(env: Mapping[str, str]) -> MeteringConfig:

@@ -41,6 +41,17 @@ class RayServeEngineClient:
         if self._handle is None:
             self._handle = await asyncio.to_thread(self.deployment.deploy)
 
+    async def hold_replicas(self, hold: bool, timeout_s: float) -> None:
+        """A dedicated pool: raise its minimum to its replicas and wait until they serve
+        (`hold`), or let it scale back to zero when idle; other pools: nothing to do.
+        Raises TimeoutError when the replicas are not up within `timeout_s` (Ray may
+        still place them later)."""
+        target = self.deployment.held(hold)
+        if target == self.deployment and self._handle is not None:
+            return
+        handle = await asyncio.wait_for(asyncio.to_thread(target.deploy), timeout_s)
+        self.deployment, self._handle = target, handle
+
     async def shutdown(self) -> None:
         """Cancel in-flight calls and delete the pool's Serve application."""
         for stream in list(self._streams.values()):

@@ -7,11 +7,12 @@ door and calls replicas through deployment handles only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from tenantserve.config import EngineConfig, RayConfig
+from tenantserve.config import EngineConfig
 from tenantserve.errors import ConfigError
+from tenantserve.ray_config import RayConfig
 
 RAY_NAMESPACE = "tenantserve"
 
@@ -45,15 +46,28 @@ class RayPoolDeployment:
     # lets a premium request past a full pool (its tier's headroom), and the replica's
     # engine preempts a lower tier for it; Serve must not hold it back.
     priority_headroom: int = 0
+    # A dedicated pool: autoscaled from zero, its minimum raised to `max_replicas` while
+    # tenants are placed on it (`held`).
+    dedicated: bool = False
 
     def autoscaling_config(self) -> dict[str, Any]:
         """Serve's autoscaling on ongoing requests per replica."""
-        return {
+        config: dict[str, Any] = {
             "min_replicas": self.min_replicas,
             "initial_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
             "target_ongoing_requests": self.ray.target_ongoing_requests,
         }
+        if self.dedicated:
+            config["downscale_delay_s"] = self.ray.dedicated_downscale_delay_s
+        return config
+
+    def held(self, hold: bool) -> RayPoolDeployment:
+        """A dedicated pool's deployment with its replicas held up (minimum = maximum)
+        or let go (minimum 0: idle, it scales to zero); any other pool unchanged."""
+        if not self.dedicated:
+            return self
+        return replace(self, min_replicas=self.max_replicas if hold else 0)
 
     def options(self) -> dict[str, Any]:
         """The deployment's options: fixed replicas when min = max, else autoscaling;
@@ -65,15 +79,16 @@ class RayPoolDeployment:
             "health_check_period_s": 2.0,
             "health_check_timeout_s": 30.0,
         }
-        if self.min_replicas == self.max_replicas:
+        if self.min_replicas == self.max_replicas and not self.dedicated:
             options["num_replicas"] = self.min_replicas
         else:
             options["autoscaling_config"] = self.autoscaling_config()
         return options
 
     def deploy(self) -> Any:
-        """Deploy (or update) the application; blocks until its replicas run and returns
-        its `DeploymentHandle`."""
+        """Deploy (or update) the application; blocks until its replicas run (at least
+        the minimum) and returns its `DeploymentHandle`. An update of the replica
+        bounds only restarts no replica."""
         from ray import serve
 
         from tenantserve.engine_ray.deployment import engine_deployment

@@ -143,6 +143,7 @@ def create_app(
             for pool in gateway.pools:
                 await pool.start()
                 stack.push_async_callback(pool.shutdown)
+            await mover.hold_placed_pools()  # dedicated pools tenants were moved to
             if gateway.telemetry is not None:
                 await gateway.telemetry.start()
                 stack.callback(gateway.telemetry.shutdown)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tenantserve.engine.request import LoraRef
 from tenantserve.gateway.catalog import CatalogEntry, ModelCatalog, ServedModel
@@ -24,6 +24,14 @@ from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.scheduling.fair_queue import FairQueue
 from tenantserve.tenancy.model import Region, TenantContext
+
+
+@runtime_checkable
+class ScalableEngine(Protocol):
+    """An engine whose replicas a dedicated pool holds up only while in use (Ray Serve's
+    `RayServeEngineClient`)."""
+
+    async def hold_replicas(self, hold: bool, timeout_s: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,14 @@ class EnginePool:
 
     async def shutdown(self) -> None:
         await self.engine.shutdown()
+
+    async def hold_capacity(self, hold: bool, timeout_s: float) -> bool:
+        """A dedicated pool whose engine scales (Ray Serve): bring its replicas up and
+        keep them (`hold`), or let them go; False when the pool has nothing to scale."""
+        if not self.dedicated or not isinstance(self.engine, ScalableEngine):
+            return False
+        await self.engine.hold_replicas(hold, timeout_s)
+        return True
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ failed request.
     check     the pool exists, is dedicated (or reserved for the tenant), is in the
               tenant's region and serves its models; the tenant is premium (dedicated
               capacity is the premium tier's isolation)
-    bring up  the pool's backend answers (engine stats / the upstream's `/models`)
+    bring up  a dedicated Ray pool scaled to zero gets its replicas (and the move waits
+              for them); then the pool's backend must answer (engine stats / the
+              upstream's `/models`)
     warm      the tenant's ready adapters loaded where the pool loads adapters (vLLM)
     switch    `tenants.pool` written: one row, so the switch is atomic. This gateway
               routes the tenant's next request there at once; other gateways within
@@ -12,6 +14,8 @@ failed request.
               serves)
     drain     wait until the tenant has nothing left in this gateway's other pools, and
               at least the auth TTL, so no gateway still sends it to the old pool
+
+    release   the last tenant leaving a dedicated Ray pool lets it scale back to zero
 
 Requests admitted before the switch finish where they started: nothing is cut.
 Quotas, rate limits and metering are keyed by tenant, not by pool, so they carry on
@@ -41,6 +45,8 @@ from tenantserve.tenancy.service import TenancyService
 from tenantserve.tiers import Tier
 
 DEFAULT_DRAIN_TIMEOUT_S = 60.0
+# Replicas of a dedicated Ray pool: a model load per replica, maybe a node to add.
+BRING_UP_TIMEOUT_S = 600.0
 PROBE_TIMEOUT_S = 10.0
 DRAIN_POLL_S = 0.05
 
@@ -53,6 +59,10 @@ class MoveReport:
     from_pool: str | None
     to_pool: str | None
     bring_up_s: float = 0.0
+    # A dedicated Ray pool's replicas were brought up for the tenant.
+    scaled_up: bool = False
+    # The dedicated pool the tenant left, let go (scales to zero) as no tenant is left.
+    released_pool: str | None = None
     warmed_adapters: list[str] = field(default_factory=list)
     # Ready adapters the target cannot load: their requests stay on the shared pool.
     adapters_not_moved: list[str] = field(default_factory=list)
@@ -111,7 +121,7 @@ class TenantMover:
         report = MoveReport(tenant.id, tenant.pool, to_pool)
         if target is not None:
             started = self.clock()
-            await _bring_up(target)
+            report.scaled_up = await _bring_up(target)
             report.bring_up_s = round(self.clock() - started, 3)
             await self._warm(tenant, target, report)
         old = [p for p in self.pools.values() if p is not target]
@@ -129,8 +139,29 @@ class TenantMover:
                 break
             await asyncio.sleep(DRAIN_POLL_S)
         report.drain_s = round(self.clock() - switched, 3)
+        if tenant.pool is not None and tenant.pool != to_pool and report.drained:
+            report.released_pool = await self._release(tenant.pool)
         await self.audit.record(actor, "tenant.move", tenant.id, report.to_json())
         return report
+
+    async def hold_placed_pools(self) -> None:
+        """At start-up: bring up the dedicated pools tenants are placed on (a restarted
+        gateway, or one that joined after the move)."""
+        placed = {t.pool for t in await self.tenancy.list_tenants() if t.pool is not None}
+        for name in placed:
+            pool = self.pools.get(name)
+            if isinstance(pool, EnginePool):
+                await pool.hold_capacity(True, BRING_UP_TIMEOUT_S)
+
+    async def _release(self, name: str) -> str | None:
+        """Let the dedicated pool `name` scale to zero unless a tenant is still placed
+        on it; its name when it was let go."""
+        pool = self.pools.get(name)
+        if not isinstance(pool, EnginePool):
+            return None
+        if any(t.pool == name for t in await self.tenancy.list_tenants()):
+            return None
+        return name if await pool.hold_capacity(False, BRING_UP_TIMEOUT_S) else None
 
     def _check(self, tenant: Tenant, to_pool: str | None) -> Pool | None:
         if to_pool is None:
@@ -185,18 +216,21 @@ class TenantMover:
             report.warmed_adapters.append(adapter.name)
 
 
-async def _bring_up(pool: Pool) -> None:
-    """Raise a 503 unless the pool's backend answers."""
+async def _bring_up(pool: Pool) -> bool:
+    """Scale a dedicated Ray pool up; raise a 503 unless the pool's backend answers.
+    True when replicas were brought up."""
     try:
         if isinstance(pool, EnginePool):
+            scaled = await pool.hold_capacity(True, BRING_UP_TIMEOUT_S)
             stats = getattr(pool.engine, "stats", None)
             if stats is not None:
                 await asyncio.wait_for(stats(), PROBE_TIMEOUT_S)
-            return
+            return scaled
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
             r = await client.get(f"{pool.upstream.base_url}/models")
         if r.status_code >= 500:
             raise RuntimeError(f"GET /models answered {r.status_code}")
+        return False
     except Exception as e:
         raise ApiError(
             503,

@@ -1,8 +1,10 @@
 """The built-in engine on Ray Serve (`--engine ray`) behind a real server: one local Ray
 (`ray.init(num_cpus=2)`) for the module, the shared pool as a deployment of two replicas
-of the tiny model. Requests are served through the SDK, an adapter's sequential requests
-stay on the replica that has it multiplexed, and a killed replica fails its in-flight
-request with an OpenAI-shaped error (metered as an error) and is replaced by Serve.
+of the tiny model and a dedicated pool `gold` with none. Requests are served through the
+SDK, an adapter's sequential requests stay on the replica that has it multiplexed, a
+killed replica fails its in-flight request with an OpenAI-shaped error (metered as an
+error) and is replaced by Serve, and a tenant moved onto `gold` under steady traffic
+brings its replica up (no failed request), then lets it go back to zero.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam
 
 from tenantserve.bootstrap import open_tenancy
-from tenantserve.config import LoraConfig, RayConfig
+from tenantserve.config import LoraConfig
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
 from tenantserve.engine_ray.client import RayServeEngineClient
+from tenantserve.ray_config import RayConfig
 from tests.helpers.lora import write_random_adapter
 from tests.helpers.server import Running, add_tenant, serve, server_settings
 
@@ -61,7 +64,13 @@ async def running(
     settings = replace(
         server_settings(tmp_path_factory.mktemp("data"), tiny_model_dir),
         engine_backend="ray",
-        ray=RayConfig(min_replicas=2, max_replicas=2, replica_num_cpus=0.5),
+        ray=RayConfig(
+            min_replicas=2,
+            max_replicas=2,
+            replica_num_cpus=0.5,
+            dedicated=(("gold", 1),),
+            dedicated_downscale_delay_s=1.0,
+        ),
         engine_threads=1,
         lora=LoraConfig(max_loras=2),
     )
@@ -75,10 +84,17 @@ async def running(
         yield Running(url=url, service=service, acme=acme, globex=globex)
 
 
-def _client(running: Running) -> RayServeEngineClient:
-    engine = running.service.engine
+def _client(running: Running, pool: str = "shared") -> RayServeEngineClient:
+    engine = next(p for p in running.service.pools if p.name == pool).engine
     assert isinstance(engine, RayServeEngineClient)
     return engine
+
+
+def _running_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[app]
+    return int(status.replica_states.get("RUNNING", 0))
 
 
 def _replica_actor_names() -> dict[str, str]:
@@ -196,3 +212,51 @@ async def test_a_killed_replica_fails_in_flight_requests_cleanly_and_is_replaced
     assert len(set(now) - set(before)) == 1
     reply = await client.chat.completions.create(model=running.model, messages=HELLO, max_tokens=3)
     assert reply.usage is not None and reply.usage.completion_tokens == 3
+
+
+async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_lets_go(
+    running: Running,
+) -> None:
+    vip = await add_tenant(running.tenancy, "ray-vip", tier="premium")
+    assert _running_replicas("gold") == 0  # declared, holding nothing
+    client = running.sdk(vip.key)
+    served, failures = 0, list[Exception]()
+    moved_back = asyncio.Event()
+
+    async def steady() -> None:
+        nonlocal served
+        while not moved_back.is_set():
+            try:
+                await client.chat.completions.create(
+                    model=running.model, messages=HELLO, max_tokens=3
+                )
+                served += 1
+            except openai.APIError as e:
+                failures.append(e)
+
+    traffic = asyncio.create_task(steady())
+    path = f"/admin/tenants/{vip.id}/move"
+    async with running.admin() as admin:
+        there = await admin.post(path, json={"pool": "gold"}, timeout=300)
+        assert there.status_code == 200, there.text
+        assert there.json()["scaled_up"] is True and there.json()["bring_up_s"] > 0
+        assert _running_replicas("gold") == 1
+        on_gold = await client.chat.completions.create(
+            model=running.model, messages=HELLO, max_tokens=3
+        )
+        assert _client(running, "gold").placement(on_gold.id.removeprefix("chatcmpl-"))
+        assert served > 0
+
+        back = await admin.post(path, json={"pool": None}, timeout=300)
+        assert back.status_code == 200, back.text
+        assert back.json()["released_pool"] == "gold"
+    moved_back.set()
+    await traffic
+    assert failures == [] and served > 0
+    total = await _usage(running, vip.key, served + 1)
+    assert total["requests"] == served + 1 and total["errors"] == 0
+
+    deadline = time.monotonic() + 120  # idle and let go: Serve scales it to zero
+    while _running_replicas("gold") != 0:
+        assert time.monotonic() < deadline, "the dedicated pool kept its replica"
+        await asyncio.sleep(0.5)

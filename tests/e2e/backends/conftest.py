@@ -20,11 +20,12 @@ import pytest
 import pytest_asyncio
 
 from tenantserve.bootstrap import open_tenancy, registry_name
-from tenantserve.config import LoraConfig, RayConfig, SchedulerConfig, Settings
+from tenantserve.config import LoraConfig, SchedulerConfig, Settings
 from tenantserve.engine_vllm.launcher import VllmLauncher
 from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.gateway.pools import Pool
 from tenantserve.pool_config import PoolConfig, VllmConfig
+from tenantserve.ray_config import RayConfig
 from tests.helpers.server import Running, TenantKey, add_tenant, serve, server_settings
 from tests.helpers.vllm import VLLM_MAX_LORAS, VLLM_MODEL
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from tenantserve.bootstrap import build_pools
-from tenantserve.config import EngineConfig, RayConfig, Settings, parse_ray_reserved
+from tenantserve.config import EngineConfig, Settings
 from tenantserve.engine_ray.client import RayServeEngineClient
 from tenantserve.engine_ray.deploy import RayPoolDeployment
 from tenantserve.errors import ConfigError
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool
+from tenantserve.ray_config import RayConfig, parse_ray_reserved
 
 
 def test_ray_backend_and_its_settings_come_from_the_environment() -> None:
@@ -24,6 +25,7 @@ def test_ray_backend_and_its_settings_come_from_the_environment() -> None:
             "TENANTSERVE_RAY_MAX_REPLICAS": "4",
             "TENANTSERVE_RAY_TARGET_ONGOING_REQUESTS": "2.5",
             "TENANTSERVE_RAY_RESERVED": "ten_a=2, ten_b=1",
+            "TENANTSERVE_RAY_DEDICATED": "gold=2",
         }
     )
     assert s.engine_backend == "ray"
@@ -33,6 +35,7 @@ def test_ray_backend_and_its_settings_come_from_the_environment() -> None:
         max_replicas=4,
         target_ongoing_requests=2.5,
         reserved=(("ten_a", 2), ("ten_b", 1)),
+        dedicated=(("gold", 2),),
     )
     assert Settings.from_env({}).engine_backend == "process"
 
@@ -53,6 +56,12 @@ def test_replica_bounds_are_checked() -> None:
         RayConfig(min_replicas=3, max_replicas=2)
     with pytest.raises(ConfigError):
         RayConfig(reserved=(("ten_a", 0),))
+    with pytest.raises(ConfigError):
+        RayConfig(dedicated=(("gold", 0),))
+    with pytest.raises(ConfigError, match="unique"):
+        RayConfig(dedicated=(("gold", 1), ("gold", 2)))
+    with pytest.raises(ConfigError, match="unique"):
+        RayConfig(dedicated=(("shared", 1),))
 
 
 def test_equal_bounds_give_fixed_replicas_and_unequal_ones_autoscaling() -> None:
@@ -91,3 +100,40 @@ def test_each_reserved_tenant_gets_a_ray_pool_that_keeps_its_reservation(
     deployment = reserved.engine.deployment
     assert (deployment.min_replicas, deployment.max_replicas) == (3, 3)
     assert shared.engine.deployment.autoscaling_config()["min_replicas"] == 1  # type: ignore[attr-defined]
+
+
+def test_a_dedicated_pool_autoscales_from_zero_and_is_held_at_its_replicas_in_use() -> None:
+    engine = EngineConfig(model_dir=Path("m"))
+    ray = RayConfig(dedicated_downscale_delay_s=5)
+    idle = RayPoolDeployment("gold", engine, ray, 0, 2, dedicated=True)
+    scaling = idle.options()["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["initial_replicas"], scaling["max_replicas"]) == (
+        0,
+        0,
+        2,
+    )
+    assert scaling["downscale_delay_s"] == 5
+    held = idle.held(True)
+    # Held, it still autoscales (min = max): a lightweight update, no replica restarted.
+    assert held.options()["autoscaling_config"]["min_replicas"] == 2
+    assert "num_replicas" not in held.options()
+    assert held.held(False) == idle
+    shared = RayPoolDeployment("shared", engine, ray, 1, 1)
+    assert shared.held(True) is shared  # only dedicated pools are held or let go
+
+
+def test_dedicated_ray_pools_are_built_with_no_replica(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        model_dir=tiny_model_dir,
+        engine_backend="ray",
+        ray=RayConfig(dedicated=(("gold", 2),)),
+    )
+    pools = build_pools(settings, EventLog())
+    assert [p.name for p in pools] == ["shared", "gold"]
+    gold = pools[1]
+    assert isinstance(gold, EnginePool) and gold.dedicated and not gold.reserved_for
+    assert isinstance(gold.engine, RayServeEngineClient)
+    assert (gold.engine.deployment.min_replicas, gold.engine.deployment.max_replicas) == (0, 2)
