@@ -355,7 +355,9 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
     events = EventLog()
     pools = build_pools(settings, events)
     tenancy = build_tenancy(settings)
-    limiter = create_rate_limiter(settings.redis_url, LimiterPolicy())
+    limiter = create_rate_limiter(
+        settings.redis_url, LimiterPolicy(store_timeout_s=settings.redis_timeout_s)
+    )
     metering = MeteringPipeline(settings.metering, settings.data_dir, tenancy.db.engine)
     quota_ledger = MeteredQuotaLedger(metering.store)
     records = RequestRecordStore(tenancy.db.engine)

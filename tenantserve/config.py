@@ -233,6 +233,9 @@ class Settings:
     lora: LoraConfig = field(default_factory=LoraConfig)
     # Rate limits and concurrency counters: Redis when set, else in-process.
     redis_url: str | None = None
+    # How long a rate-limit decision may wait for Redis before the tier's outage policy
+    # decides (fail closed: 503 limiter_unavailable; fail open: admitted, degraded).
+    redis_timeout_s: float = 0.5
     # Metadata database (SQLAlchemy async URL); None: SQLite file in data_dir.
     database_url: str | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -293,6 +296,8 @@ class Settings:
             s = replace(s, lora=replace(s.lora, max_lora_rank=_int(v, "MAX_LORA_RANK")))
         if v := env.get("TENANTSERVE_REDIS_URL"):
             s = replace(s, redis_url=v)
+        if v := env.get("TENANTSERVE_REDIS_TIMEOUT_S"):
+            s = replace(s, redis_timeout_s=_float(v, "REDIS_TIMEOUT_S"))
         if v := env.get("TENANTSERVE_DATABASE_URL"):
             s = replace(s, database_url=v)
         if v := env.get("TENANTSERVE_ADMIN_TOKEN"):

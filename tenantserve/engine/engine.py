@@ -67,7 +67,7 @@ class LLMEngine:
         self.model = load_model(config.model_dir, self.device, dtype)
         if config.quantization == "int8":
             quantize_int8(self.model)
-        elif onednn_available(self.device):
+        elif onednn_available(self.device, dtype):
             pack_linears(self.model, batch_hint=config.scheduler.max_num_seqs)
         self.model_config = self.model.config
         self.tokenizer = Tokenizer(config.model_dir)

@@ -75,3 +75,10 @@ def test_engine_threads_come_from_the_environment() -> None:
     assert settings.engine_config(Path("m")).num_threads == 3
     with pytest.raises(ConfigError):
         Settings.from_env({"TENANTSERVE_ENGINE_THREADS": "many"})
+
+
+def test_the_redis_timeout_of_rate_limit_decisions_comes_from_the_environment() -> None:
+    assert Settings().redis_timeout_s == 0.5
+    assert Settings.from_env({"TENANTSERVE_REDIS_TIMEOUT_S": "2.5"}).redis_timeout_s == 2.5
+    with pytest.raises(ConfigError):
+        Settings.from_env({"TENANTSERVE_REDIS_TIMEOUT_S": "soon"})

@@ -16,8 +16,12 @@ from torch import nn
 from tenantserve.engine.models.llama import LlamaForCausalLM
 
 
-def onednn_available(device: torch.device) -> bool:
-    return device.type == "cpu" and torch.backends.mkldnn.is_available()
+def onednn_available(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN packs weights of this dtype here: CPU, and for bf16 a CPU with bf16 GEMMs
+    (AVX512-BF16 / AVX-NE-CONVERT / AMX; on plain AVX2 oneDNN refuses the bf16 reorder)."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    return dtype != torch.bfloat16 or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class OneDnnLinear(nn.Module):

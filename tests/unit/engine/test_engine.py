@@ -6,9 +6,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from tenantserve.config import CacheConfig, EngineConfig, SchedulerConfig
 from tenantserve.engine.engine import LLMEngine
+from tenantserve.engine.layers.onednn import OneDnnLinear, onednn_available
 from tenantserve.engine.request import EngineRequest, FinishReason, RequestOutput, SamplingParams
 from tenantserve.errors import InvalidRequestError, PromptTooLongError
 from tenantserve.tiers import Tier
@@ -239,3 +241,16 @@ def test_sdpa_and_kernel_decode_attention_give_the_same_tokens(config: EngineCon
         results = run_all(engine, [req(rid, p, max_tokens=20) for rid, p in prompts.items()])
         outs[backend] = {rid: r.tokens for rid, r in results.items()}
     assert outs["sdpa"] == outs["kernel"]
+
+
+def test_a_bf16_engine_serves_on_any_cpu(config: EngineConfig) -> None:
+    """bf16 weights: packed for oneDNN where the CPU has bf16 GEMMs, plain linears where
+    it has not (an AVX2-only CPU); batched outputs equal solo ones either way."""
+    bf16 = replace(config, quantization="bf16")
+    engine = LLMEngine(bf16)
+    packed = any(isinstance(m, OneDnnLinear) for m in engine.model.modules())
+    assert packed is onednn_available(torch.device("cpu"), torch.bfloat16)
+    prompts = {f"b{i}": prompt(i, n) for i, n in enumerate([5, 40])}
+    alone = {rid: run_all(LLMEngine(bf16), [req(rid, p)])[rid].tokens for rid, p in prompts.items()}
+    batched = run_all(engine, [req(rid, p) for rid, p in prompts.items()])
+    assert {rid: r.tokens for rid, r in batched.items()} == alone
