@@ -48,7 +48,13 @@ from tenantserve.gateway.engine_client import EngineClient
 from tenantserve.gateway.eval_targets import PoolTargets
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.noisy_neighbors import NoisyNeighborMonitor
-from tenantserve.gateway.pools import EnginePool, Pool, UpstreamModel, UpstreamPool
+from tenantserve.gateway.pools import (
+    EnginePool,
+    Pool,
+    UpstreamModel,
+    UpstreamPool,
+    connections_for,
+)
 from tenantserve.gateway.request_log import RequestLog, RequestLogFiles
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.gateway.upstream import OpenAIUpstream
@@ -260,7 +266,7 @@ def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
         # most replicas could run at once (and premium requests past that).
         in_flight = settings.scheduler.max_num_seqs * max_replicas
         queue = FairQueue(FairQueueConfig(max_in_flight=in_flight))
-        headroom = max(queue.config.priority_headroom.values(), default=0)
+        headroom = queue.config.max_headroom
         deployment = RayPoolDeployment(
             name,
             settings.engine_config(model_dir),
@@ -293,9 +299,10 @@ def build_upstream_pool(cfg: PoolConfig, events: EventLog) -> UpstreamPool:
         name, _, upstream_name = entry.partition("=")
         models.append(UpstreamModel(name, upstream_name or name, cfg.max_model_len))
     queue = FairQueue(FairQueueConfig(max_in_flight=cfg.max_in_flight))
+    upstream = OpenAIUpstream(cfg.base_url, cfg.api_key, cfg.timeout_s, connections_for(queue))
     return UpstreamPool(
         name=cfg.name,
-        upstream=OpenAIUpstream(cfg.base_url, cfg.api_key, cfg.timeout_s, cfg.max_in_flight),
+        upstream=upstream,
         models=tuple(models),
         queue=queue,
         region=cfg.region,

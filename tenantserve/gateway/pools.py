@@ -26,6 +26,12 @@ from tenantserve.scheduling.fair_queue import FairQueue
 from tenantserve.tenancy.model import Region, TenantContext
 
 
+def connections_for(queue: FairQueue) -> int:
+    """HTTP connections an upstream pool needs: one per request its queue lets through,
+    premium ones past a full pool included (with fewer, those wait for a connection)."""
+    return queue.config.max_in_flight + queue.config.max_headroom
+
+
 @runtime_checkable
 class ScalableEngine(Protocol):
     """An engine whose replicas a dedicated pool holds up only while in use (Ray Serve's

@@ -64,7 +64,7 @@ class OpenAIUpstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=CONNECT_TIMEOUT_S, sock_read=timeout_s
         )
-        self._max_connections = max_connections
+        self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
 
@@ -79,7 +79,7 @@ class OpenAIUpstream:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=30.0
+                limit=self.max_connections, limit_per_host=0, keepalive_timeout=30.0
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -27,7 +27,12 @@ import httpx
 
 from tenantserve.engine.request import LoraRef
 from tenantserve.engine_vllm.launcher import VllmLauncher
-from tenantserve.gateway.pools import UpstreamModel, UpstreamPool, release_nothing
+from tenantserve.gateway.pools import (
+    UpstreamModel,
+    UpstreamPool,
+    connections_for,
+    release_nothing,
+)
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.gateway.vllm_adapters import VllmAdapters
 from tenantserve.pool_config import PoolConfig
@@ -112,7 +117,7 @@ def build_vllm_pool(
     control = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=cfg.timeout_s)
     return VllmPool(
         name=cfg.name,
-        upstream=OpenAIUpstream(base_url, cfg.api_key, cfg.timeout_s, cfg.max_in_flight),
+        upstream=OpenAIUpstream(base_url, cfg.api_key, cfg.timeout_s, connections_for(queue)),
         models=models,
         queue=queue,
         region=cfg.region,

@@ -72,6 +72,11 @@ class FairQueueConfig:
     # Recent releases over which the service rate is measured.
     rate_window: int = 128
 
+    @property
+    def max_headroom(self) -> int:
+        """The most slots any tier may take beyond `max_in_flight`."""
+        return max(self.priority_headroom.values(), default=0)
+
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be at least 1, got {self.max_in_flight}")

@@ -84,14 +84,24 @@ async def _start(
         yield Backend(name, running, model, base_ref, model_dir, premium, pool)
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session", params=BACKENDS)
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The backend under test; vLLM's server is started here (a session fixture, which
+    an async fixture cannot start on demand from inside the running loop)."""
+    if request.param == "vllm":
+        request.getfixturevalue("vllm_server")
+    return str(request.param)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def backend(
+    backend_name: str,
     request: pytest.FixtureRequest,
     tiny_model_dir: Path,
     smollm2_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Backend]:
-    name: str = request.param
+    name = backend_name
     data = tmp_path_factory.mktemp(f"data-{name}")
     one_at_a_time = SchedulerConfig(max_num_seqs=1)
     if name == "builtin":

@@ -8,13 +8,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tenantserve.bootstrap import build_configured_pool
 from tenantserve.engine.request import LoraRef
 from tenantserve.errors import ConfigError
+from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import UpstreamModel
 from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.gateway.vllm_adapters import VllmAdapters
 from tenantserve.gateway.vllm_pool import VllmPool, cache_salt, vllm_priority
-from tenantserve.pool_config import load_pools
+from tenantserve.pool_config import PoolConfig, VllmConfig, load_pools
 from tenantserve.tenancy.model import Region, TenantContext
 from tenantserve.tiers import Tier
 
@@ -125,3 +127,19 @@ models = ["smol"]
 def test_bad_vllm_pool_settings_are_refused(tmp_path: Path, body: str) -> None:
     with pytest.raises(ConfigError):
         load_pools(_write(tmp_path, f'[[pool]]\nname = "p"\n{body}\n'), env={})
+
+
+def test_a_pool_has_a_connection_for_every_request_its_queue_lets_through(
+    tmp_path: Path,
+) -> None:
+    """One request at a time, plus the premium headroom: a premium request past a full
+    pool must not wait for the only connection (it did: a 504 from the connect timeout)."""
+    for kind, vllm in (("openai", None), ("vllm", VllmConfig())):
+        cfg = PoolConfig(
+            "p", "http://127.0.0.1:9/v1", ("m",), kind=kind, max_in_flight=1, vllm=vllm
+        )
+        pool = build_configured_pool(cfg, EventLog(), tmp_path)
+        headroom = pool.queue.config.max_headroom
+        assert headroom > 0
+        assert pool.queue.config.max_in_flight == 1
+        assert pool.upstream.max_connections == 1 + headroom
