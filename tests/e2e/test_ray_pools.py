@@ -10,7 +10,6 @@ brings its replica up (no failed request), then lets it go back to zero.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -28,6 +27,7 @@ from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
 from tenantserve.engine_ray.client import RayServeEngineClient
 from tenantserve.ray_config import RayConfig
 from tests.helpers.lora import write_random_adapter
+from tests.helpers.ray import local_ray
 from tests.helpers.server import Running, add_tenant, serve, server_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -41,20 +41,8 @@ ROUTER_LEARNS_ADAPTERS_S = 1.5
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     """A local Ray for the module (2 CPUs), Serve and Ray shut down after it."""
-    try:
-        import ray
-        from ray import serve
-    except ImportError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Ray Serve is not installed: {e}")
-        print(f"skipping the Ray pool tests: Ray Serve is not installed ({e})")
-        pytest.skip(f"Ray Serve is not installed: {e}")
-    ray.init(num_cpus=2, log_to_driver=False)
-    try:
+    with local_ray():
         yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -96,6 +96,18 @@ class Running:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
 
+    async def upload_adapter(
+        self, name: str, adapter_dir: Path, base_model: str | None = None, key: str | None = None
+    ) -> httpx.Response:
+        """POST /v1/adapters with the PEFT files in `adapter_dir` (acme unless `key`)."""
+        files = {
+            n: (n, (adapter_dir / n).read_bytes())
+            for n in ("adapter_config.json", "adapter_model.safetensors")
+        }
+        data = {"name": name} | ({"base_model": base_model} if base_model else {})
+        async with self.http(key=key, timeout=300) as http:
+            return await http.post("/v1/adapters", data=data, files=files)
+
     def admin(self, token: str = ADMIN_TOKEN) -> httpx.AsyncClient:
         return httpx.AsyncClient(
             base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60

@@ -10,9 +10,7 @@ request takes the tier's headroom past waiting standard ones.
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.gateway.pools import Pool
 from tenantserve.pool_config import PoolConfig, VllmConfig
 from tenantserve.ray_config import RayConfig
+from tests.helpers.ray import local_ray
 from tests.helpers.server import Running, TenantKey, add_tenant, serve, server_settings
 from tests.helpers.vllm import VLLM_MAX_LORAS, VLLM_MODEL
 
@@ -47,24 +46,6 @@ class Backend:
     @property
     def pool(self) -> Pool:
         return next(p for p in self.running.service.pools if p.name == self.pool_name)
-
-
-@contextmanager
-def _local_ray() -> Iterator[None]:
-    try:
-        import ray
-        from ray import serve
-    except ImportError as e:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Ray Serve is not installed: {e}")
-        print(f"skipping the Ray backend: Ray Serve is not installed ({e})")
-        pytest.skip(f"Ray Serve is not installed: {e}")
-    ray.init(num_cpus=2, log_to_driver=False)
-    try:
-        yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 async def _start(
@@ -117,7 +98,7 @@ async def backend(
             engine_threads=1,
             lora=LoraConfig(max_loras=2),
         )
-        with _local_ray():
+        with local_ray():
             async for b in _start(name, settings, "", tiny_model_dir, SHARED_POOL):
                 yield b
     else:

@@ -81,17 +81,7 @@ async def test_a_tenants_adapter_is_chosen_per_request_and_invisible_to_others(
     adapter = write_random_adapter(
         backend.model_dir, tmp_path / "a", 8, "all-linear", seed=3, b_std=1.0
     )
-    files = {
-        n: (n, (adapter / n).read_bytes())
-        for n in ("adapter_config.json", "adapter_model.safetensors")
-    }
-    async with running.http() as http:
-        up = await http.post(
-            "/v1/adapters",
-            data={"name": "sea-bot", "base_model": backend.base_ref},
-            files=files,
-            timeout=300,
-        )
+    up = await running.upload_adapter("sea-bot", adapter, base_model=backend.base_ref)
     assert up.status_code == 201 and up.json()["status"] == "ready", up.text
 
     sdk = running.sdk()
