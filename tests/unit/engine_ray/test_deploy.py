@@ -82,24 +82,26 @@ def test_equal_bounds_give_fixed_replicas_and_unequal_ones_autoscaling() -> None
     }
 
 
-def test_each_reserved_tenant_gets_a_ray_pool_that_keeps_its_reservation(
+def test_reserved_pools_keep_their_reservation_and_dedicated_ones_start_empty(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        model_dir=tiny_model_dir,
-        engine_backend="ray",
-        ray=RayConfig(min_replicas=1, max_replicas=2, reserved=(("ten_a", 3),)),
+    ray = RayConfig(
+        min_replicas=1, max_replicas=2, reserved=(("ten_a", 3),), dedicated=(("gold", 2),)
     )
+    settings = Settings(data_dir=tmp_path, model_dir=tiny_model_dir, engine_backend="ray", ray=ray)
     pools = build_pools(settings, EventLog())
-    assert [p.name for p in pools] == ["shared", "reserved-ten_a"]
-    shared, reserved = pools
-    assert isinstance(shared, EnginePool) and isinstance(reserved, EnginePool)
-    assert shared.reserved_for == frozenset() and reserved.reserved_for == {"ten_a"}
-    assert isinstance(reserved.engine, RayServeEngineClient)
-    deployment = reserved.engine.deployment
-    assert (deployment.min_replicas, deployment.max_replicas) == (3, 3)
-    assert shared.engine.deployment.autoscaling_config()["min_replicas"] == 1  # type: ignore[attr-defined]
+    assert [p.name for p in pools] == ["shared", "reserved-ten_a", "gold"]
+    bounds = {}
+    for pool in pools:
+        assert isinstance(pool, EnginePool) and isinstance(pool.engine, RayServeEngineClient)
+        deployment = pool.engine.deployment
+        bounds[pool.name] = (deployment.min_replicas, deployment.max_replicas, pool.dedicated)
+    assert bounds == {
+        "shared": (1, 2, False),
+        "reserved-ten_a": (3, 3, False),
+        "gold": (0, 2, True),
+    }
+    assert [p.reserved_for for p in pools] == [frozenset(), {"ten_a"}, frozenset()]
 
 
 def test_a_dedicated_pool_autoscales_from_zero_and_is_held_at_its_replicas_in_use() -> None:
@@ -120,20 +122,3 @@ def test_a_dedicated_pool_autoscales_from_zero_and_is_held_at_its_replicas_in_us
     assert held.held(False) == idle
     shared = RayPoolDeployment("shared", engine, ray, 1, 1)
     assert shared.held(True) is shared  # only dedicated pools are held or let go
-
-
-def test_dedicated_ray_pools_are_built_with_no_replica(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    settings = Settings(
-        data_dir=tmp_path,
-        model_dir=tiny_model_dir,
-        engine_backend="ray",
-        ray=RayConfig(dedicated=(("gold", 2),)),
-    )
-    pools = build_pools(settings, EventLog())
-    assert [p.name for p in pools] == ["shared", "gold"]
-    gold = pools[1]
-    assert isinstance(gold, EnginePool) and gold.dedicated and not gold.reserved_for
-    assert isinstance(gold.engine, RayServeEngineClient)
-    assert (gold.engine.deployment.min_replicas, gold.engine.deployment.max_replicas) == (0, 2)
