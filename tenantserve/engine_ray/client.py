@@ -47,18 +47,23 @@ class RayServeEngineClient:
         Raises TimeoutError when the replicas are not up within `timeout_s` (Ray may
         still place them later)."""
         target = self.deployment.held(hold)
-        if target == self.deployment and self._handle is not None:
+        if not target.dedicated:
             return
+        # Deployed even when this process thinks it is so already: another gateway may
+        # have held or let go of the same application since (Serve makes it a no-op).
         handle = await asyncio.wait_for(asyncio.to_thread(target.deploy), timeout_s)
         self.deployment, self._handle = target, handle
 
     async def shutdown(self) -> None:
-        """Cancel in-flight calls and delete the pool's Serve application."""
+        """Cancel in-flight calls; delete the pool's Serve application when this gateway
+        owns it (its own local Ray). On a cluster the application is shared by every
+        gateway, so one gateway stopping (a rolling restart) leaves it serving."""
         for stream in list(self._streams.values()):
             stream.cancel()  # type: ignore[attr-defined]
         if self._handle is not None:
             self._handle = None
-            await asyncio.to_thread(self.deployment.delete)
+            if self.deployment.owned_by_gateway:
+                await asyncio.to_thread(self.deployment.delete)
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[RequestOutput, None]:
         """Stream the request's outputs from a replica, the last one finished. Raises

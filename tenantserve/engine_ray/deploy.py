@@ -62,6 +62,12 @@ class RayPoolDeployment:
             config["downscale_delay_s"] = self.ray.dedicated_downscale_delay_s
         return config
 
+    @property
+    def owned_by_gateway(self) -> bool:
+        """A local Ray started by the gateway: its applications go with it. On a
+        cluster (`address` set) they are shared by all gateways and outlive each."""
+        return self.ray.address is None
+
     def held(self, hold: bool) -> RayPoolDeployment:
         """A dedicated pool's deployment with its replicas held up (minimum = maximum)
         or let go (minimum 0: idle, it scales to zero); any other pool unchanged."""

@@ -248,3 +248,23 @@ async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_le
     while _running_replicas("gold") != 0:
         assert time.monotonic() < deadline, "the dedicated pool kept its replica"
         await asyncio.sleep(0.5)
+
+
+async def test_a_gateway_leaving_a_ray_cluster_leaves_the_shared_pools_serving(
+    running: Running,
+) -> None:
+    """Several gateways on one cluster (`address` set) share its Serve applications: one
+    stopping (a rolling restart) deletes none of them."""
+    settings = running.service.settings
+    on_cluster = replace(settings, ray=replace(settings.ray, address="auto"))
+    async with serve(on_cluster) as (url, service):
+        second = Running(url=url, service=service, acme=running.acme, globex=running.globex)
+        reply = await second.sdk().chat.completions.create(
+            model=second.model, messages=HELLO, max_tokens=3
+        )
+        assert reply.usage is not None and reply.usage.completion_tokens == 3
+    assert _running_replicas("shared") == 2  # the second gateway is gone, the pool is not
+    reply = await running.sdk().chat.completions.create(
+        model=running.model, messages=HELLO, max_tokens=3
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 3

@@ -122,3 +122,10 @@ def test_a_dedicated_pool_autoscales_from_zero_and_is_held_at_its_replicas_in_us
     assert held.held(False) == idle
     shared = RayPoolDeployment("shared", engine, ray, 1, 1)
     assert shared.held(True) is shared  # only dedicated pools are held or let go
+
+
+def test_only_a_gateways_own_local_ray_has_its_applications_deleted_at_shutdown() -> None:
+    engine = EngineConfig(model_dir=Path("m"))
+    local = RayPoolDeployment("shared", engine, RayConfig(), 1, 1)
+    cluster = RayPoolDeployment("shared", engine, RayConfig(address="auto"), 1, 1)
+    assert local.owned_by_gateway and not cluster.owned_by_gateway
