@@ -374,7 +374,7 @@ def build_service(settings: Settings, on_ready: Callable[[Service], None] | None
         RequestLogFiles(settings.data_dir / REQUEST_LOG_DIR), sink=record_writer.submit
     )
     admin_token, _ = ensure_admin_token(settings)
-    resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s)
+    resolver = ModelResolver(tenancy.registry, ttl_s=settings.auth_cache_ttl_s, pools=pools)
     engine_pool = next((p for p in pools if isinstance(p, EnginePool)), None)
     served: dict[str, EnginePool] = {}  # registry ref -> engine pool, filled at start-up
     artifact_cache = ArtifactCache(tenancy.registry.store, settings.data_dir / "cache")

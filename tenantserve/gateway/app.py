@@ -193,7 +193,13 @@ def create_app(
         app.router.routes.append(Route(path, endpoint, methods=["POST"]))
     audit, token = gateway.audit, gateway.admin_token
     mover = TenantMover(
-        gateway.pools, gateway.tenancy, auth, gateway.auth_cache_ttl_s, gateway.adapters, audit
+        gateway.pools,
+        gateway.tenancy,
+        auth,
+        gateway.auth_cache_ttl_s,
+        gateway.adapters,
+        audit,
+        resolver=gateway.resolver,
     )
     AdminRoutes(gateway.tenancy, auth, token, gateway.events, audit, mover).install(app)
     AccountRoutes(gateway.tenancy, auth, dispatcher.quotas.ledger, audit).install(app)

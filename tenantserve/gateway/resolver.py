@@ -16,6 +16,11 @@ caller's own LoRA adapters, each routed to the engine pool serving the base vers
                                  candidate's request ids
     anything else             -> None (admission answers 404, as for any unknown name)
 
+A tenant moved to a dedicated pool (`TenantContext.pool`) runs its versions and adapters
+there when that pool can (`runs_version`: a vLLM pool serving the version, or the built-in
+engine on the same checkpoint, e.g. a dedicated Ray pool): the route's `reserved_pool`,
+set per request, so a move takes effect without waiting for the cache.
+
 Lookups are cached per (tenant, name) (misses too); an entry older than `ttl_s` is
 answered while one background lookup refreshes it, so the request path waits on the
 registry only for a name's first lookup. Changes made in this process clear what they
@@ -28,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from tenantserve.admission.policy import ModelRoute
@@ -70,10 +75,12 @@ class ModelResolver:
         registry: RegistryService | None = None,
         adapters: AdapterService | None = None,
         ttl_s: float = DEFAULT_TTL_S,
+        pools: Sequence[Pool] = (),
     ) -> None:
         self.registry = registry
         self.adapters = adapters
         self.ttl_s = ttl_s
+        self._pools = {p.name: p for p in pools}  # where moved tenants may be placed
         # Registry version ref -> the pool serving it (`bind`), and back.
         self._pools_by_ref: dict[str, Pool] = {}
         self._refs_by_pool: dict[str, str] = {}
@@ -128,7 +135,7 @@ class ModelResolver:
             if len(self._versions) >= MAX_ENTRIES:
                 self._versions.clear()
             self._versions[key] = (now, found)
-        return found if isinstance(found, Resolved) else None
+        return self._on_placed_pool(ctx, found) if isinstance(found, Resolved) else None
 
     async def resolve(self, ctx: TenantContext, name: str) -> Resolved | None:
         """`name` for `ctx`, or None when it is neither a version nor the caller's adapter;
@@ -150,7 +157,15 @@ class ModelResolver:
                 task.add_done_callback(self._tasks.discard)
         if isinstance(found, ApiError):
             raise found
-        return found
+        return None if found is None else self._on_placed_pool(ctx, found)
+
+    def _on_placed_pool(self, ctx: TenantContext, found: Resolved) -> Resolved:
+        """`found` on the caller's dedicated pool when it was moved to one that runs it."""
+        placed = self._pools.get(ctx.pool) if ctx.pool is not None else None
+        base = self._pools.get(found.route.pool) or self._pools_by_ref.get(found.route.target)
+        if placed is None or placed is base or not runs_version(placed, found.route.target, base):
+            return found
+        return replace(found, route=replace(found.route, reserved_pool=placed.name))
 
     async def _refresh(self, ctx: TenantContext, name: str, key: tuple[str, str]) -> None:
         try:
@@ -213,6 +228,19 @@ class ModelResolver:
             )
         route = _route(pool, ref, version.ref)
         return Resolved(route, _tokenizer(pool), headers=resolution.headers())
+
+
+def runs_version(pool: Pool, ref: str, base: Pool | None) -> bool:
+    """Whether `pool` can serve the registry version `ref` and its adapters: a vLLM pool
+    that serves `ref`, or the built-in engine on the checkpoint of `base` (the pool `ref`
+    is bound to)."""
+    if isinstance(pool, VllmPool):
+        return any(m.name == ref for m in pool.models)
+    return (
+        isinstance(pool, EnginePool)
+        and isinstance(base, EnginePool)
+        and pool.model.name == base.model.name
+    )
 
 
 def _tokenizer(pool: Pool) -> Tokenizer | None:

@@ -7,7 +7,8 @@ failed request.
     bring up  a dedicated Ray pool scaled to zero gets its replicas (and the move waits
               for them); then the pool's backend must answer (engine stats / the
               upstream's `/models`)
-    warm      the tenant's ready adapters loaded where the pool loads adapters (vLLM)
+    warm      the tenant's ready adapters that the pool can run (`runs_version`) move
+              with it: loaded now into a vLLM server, on first use by a Ray replica
     switch    `tenants.pool` written: one row, so the switch is atomic. This gateway
               routes the tenant's next request there at once; other gateways within
               their auth cache TTL (until then they route to the old pool, which still
@@ -38,6 +39,7 @@ from tenantserve.engine.request import LoraRef
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.errors import ApiError
 from tenantserve.gateway.pools import EnginePool, Pool
+from tenantserve.gateway.resolver import ModelResolver, runs_version
 from tenantserve.gateway.vllm_pool import VllmPool
 from tenantserve.registry.adapter_service import AdapterService
 from tenantserve.tenancy.model import Tenant, TenantContext
@@ -63,6 +65,9 @@ class MoveReport:
     scaled_up: bool = False
     # The dedicated pool the tenant left, let go (scales to zero) as no tenant is left.
     released_pool: str | None = None
+    # Ready adapters that run on the target from now on; `warmed_adapters` were loaded
+    # into it already (vLLM), the others load on first use (Ray multiplexing).
+    moved_adapters: list[str] = field(default_factory=list)
     warmed_adapters: list[str] = field(default_factory=list)
     # Ready adapters the target cannot load: their requests stay on the shared pool.
     adapters_not_moved: list[str] = field(default_factory=list)
@@ -87,8 +92,10 @@ class TenantMover:
         adapters: AdapterService | None = None,
         audit: AuditRecorder | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resolver: ModelResolver | None = None,
     ) -> None:
         self.pools = {p.name: p for p in pools}
+        self.resolver = resolver
         self.tenancy = tenancy
         self.auth = auth
         self.auth_ttl_s = auth_ttl_s
@@ -204,16 +211,15 @@ class TenantMover:
         for adapter in await self.adapters.list(ctx):
             if not adapter.is_routable:
                 continue
-            manager = pool.adapters if isinstance(pool, VllmPool) else None
-            serves_base = isinstance(pool, VllmPool) and any(
-                m.name == adapter.base_model for m in pool.models
-            )
-            if manager is None or not serves_base:
+            base = self.resolver.pool_of(adapter.base_model) if self.resolver else None
+            if not runs_version(pool, adapter.base_model, base):
                 report.adapters_not_moved.append(adapter.name)
                 continue
-            lora = LoraRef(adapter.id, str(await self.adapters.local_dir(adapter)))
-            manager.release(await manager.acquire(lora))
-            report.warmed_adapters.append(adapter.name)
+            report.moved_adapters.append(adapter.name)
+            if isinstance(pool, VllmPool) and pool.adapters is not None:
+                lora = LoraRef(adapter.id, str(await self.adapters.local_dir(adapter)))
+                pool.adapters.release(await pool.adapters.acquire(lora))
+                report.warmed_adapters.append(adapter.name)
 
 
 async def _bring_up(pool: Pool) -> bool:

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam
 
-from tenantserve.bootstrap import open_tenancy
+from tenantserve.bootstrap import open_tenancy, registry_name
 from tenantserve.config import LoraConfig
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
 from tenantserve.engine_ray.client import RayServeEngineClient
@@ -203,9 +203,13 @@ async def test_a_killed_replica_fails_in_flight_requests_cleanly_and_is_replaced
 
 
 async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_lets_go(
-    running: Running,
+    running: Running, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     vip = await add_tenant(running.tenancy, "ray-vip", tier="premium")
+    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 2)
+    base = f"{registry_name(running.service.settings)}@1.0.0"
+    up = await running.upload_adapter("vip-bot", adapter, base_model=base, key=vip.key)
+    assert up.status_code == 201 and up.json()["status"] == "ready", up.text
     assert _running_replicas("gold") == 0  # declared, holding nothing
     client = running.sdk(vip.key)
     served, failures = 0, list[Exception]()
@@ -228,11 +232,14 @@ async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_le
         there = await admin.post(path, json={"pool": "gold"}, timeout=300)
         assert there.status_code == 200, there.text
         assert there.json()["scaled_up"] is True and there.json()["bring_up_s"] > 0
+        assert there.json()["moved_adapters"] == ["vip-bot"]
         assert _running_replicas("gold") == 1
-        on_gold = await client.chat.completions.create(
-            model=running.model, messages=HELLO, max_tokens=3
-        )
-        assert _client(running, "gold").placement(on_gold.id.removeprefix("chatcmpl-"))
+        # The base model and the tenant's adapter now run on gold's replica.
+        for model in (running.model, "vip-bot"):
+            on_gold = await client.chat.completions.create(
+                model=model, messages=HELLO, max_tokens=3
+            )
+            assert _client(running, "gold").placement(on_gold.id.removeprefix("chatcmpl-"))
         assert served > 0
 
         back = await admin.post(path, json={"pool": None}, timeout=300)
@@ -241,8 +248,8 @@ async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_le
     moved_back.set()
     await traffic
     assert failures == [] and served > 0
-    total = await _usage(running, vip.key, served + 1)
-    assert total["requests"] == served + 1 and total["errors"] == 0
+    total = await _usage(running, vip.key, served + 2)
+    assert total["requests"] == served + 2 and total["errors"] == 0
 
     deadline = time.monotonic() + 120  # idle and let go: Serve scales it to zero
     while _running_replicas("gold") != 0:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -92,3 +93,28 @@ async def test_an_adapter_of_a_version_no_engine_serves_is_a_503() -> None:
     with pytest.raises(Exception) as e:
         await _resolver(adapters, 60).resolve(CTX, "bot")
     assert getattr(e.value, "status", None) == 503
+
+
+async def test_a_tenant_moved_to_a_dedicated_pool_runs_its_adapters_there_when_it_can() -> None:
+    adapters = _Adapters()
+    adapters.ready["bot"] = _Adapter("bot")
+    model = ServedModel("tiny", cast(Tokenizer, None), max_context_tokens=1024)
+    other = ServedModel("other", cast(Tokenizer, None), max_context_tokens=1024)
+    shared = EnginePool("shared", cast(Any, None), model)
+    gold = EnginePool("gold", cast(Any, None), model, dedicated=True)
+    elsewhere = EnginePool("elsewhere", cast(Any, None), other, dedicated=True)
+    resolver = ModelResolver(
+        adapters=cast(AdapterService, adapters), ttl_s=60, pools=(shared, gold, elsewhere)
+    )
+    resolver.bind(BASE, shared)
+    premium = TenantContext("ten_a", Tier.PREMIUM, Region.US)
+
+    async def reserved(pool: str | None) -> str | None:
+        found = await resolver.resolve(replace(premium, pool=pool), "bot")
+        assert found is not None and found.route.pool == "shared"
+        return found.route.reserved_pool
+
+    assert await reserved(None) is None
+    assert await reserved("gold") == "gold"  # the same checkpoint: the adapter moves
+    assert await reserved("elsewhere") is None  # another model: it stays on shared
+    assert adapters.reads == 1  # placement is applied per request, not cached
