@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from tenantserve.engine.layers.attention import AttentionMetadata, KVCache, paged_attention
-from tenantserve.engine.layers.decode_kernel import DecodeKernel, load_decode_kernel
+from tenantserve.engine.layers.decode_kernel import (
+    DecodeKernel,
+    build_directory,
+    load_decode_kernel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +69,16 @@ def test_kernel_refuses_mismatched_head_shapes(kernel: DecodeKernel) -> None:
     q = torch.randn(1, 4, 16)  # 4 heads do not group over 3 kv heads
     with pytest.raises(RuntimeError, match="head shapes"):
         kernel(q, cache.k, cache.v, torch.zeros(1, 1, dtype=torch.long), torch.tensor([1]), 1.0)
+
+
+def test_a_lock_left_by_a_killed_build_does_not_hang_the_next_start() -> None:
+    build = build_directory()
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "lock").touch()  # what torch's build baton leaves when its build is killed
+    code = (
+        "from tenantserve.engine.layers.decode_kernel import load_decode_kernel\n"
+        "assert load_decode_kernel() is not None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], timeout=300, check=True)
+    assert not (build / "lock").exists()
+    assert build.name.endswith(torch.backends.cpu.get_cpu_capability().lower())
