@@ -162,7 +162,7 @@ class ModelResolver:
     def _on_placed_pool(self, ctx: TenantContext, found: Resolved) -> Resolved:
         """`found` on the caller's dedicated pool when it was moved to one that runs it."""
         placed = self._pools.get(ctx.pool) if ctx.pool is not None else None
-        base = self._pools.get(found.route.pool) or self._pools_by_ref.get(found.route.target)
+        base = self._pools_by_ref.get(found.route.target)  # the pool `found` was bound to
         if placed is None or placed is base or not runs_version(placed, found.route.target, base):
             return found
         return replace(found, route=replace(found.route, reserved_pool=placed.name))

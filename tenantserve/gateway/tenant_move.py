@@ -154,10 +154,14 @@ class TenantMover:
     async def hold_placed_pools(self) -> None:
         """At start-up: bring up the dedicated pools tenants are placed on (a restarted
         gateway, or one that joined after the move)."""
-        placed = {t.pool for t in await self.tenancy.list_tenants() if t.pool is not None}
-        for name in placed:
-            pool = self.pools.get(name)
-            if isinstance(pool, EnginePool):
+        dedicated = {
+            n: p for n, p in self.pools.items() if isinstance(p, EnginePool) and p.dedicated
+        }
+        if not dedicated:  # nothing to bring up: no tenant list read at start-up
+            return
+        placed = {t.pool for t in await self.tenancy.list_tenants()}
+        for name, pool in dedicated.items():
+            if name in placed:
                 await pool.hold_capacity(True, BRING_UP_TIMEOUT_S)
 
     async def _release(self, name: str) -> str | None:

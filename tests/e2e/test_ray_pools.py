@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -91,19 +90,6 @@ def _replica_actor_names() -> dict[str, str]:
 
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
     return {n.rpartition("#")[2]: n for n in names if n.startswith("SERVE_REPLICA::shared#")}
-
-
-async def _usage(running: Running, key: str, n: int) -> dict[str, Any]:
-    """The caller's usage totals once they count `n` requests (or after 5 s)."""
-    deadline = time.monotonic() + 5
-    async with running.http(key=key) as http:
-        while True:
-            r = await http.get("/v1/usage")
-            assert r.status_code == 200, r.text
-            total: dict[str, Any] = r.json()["total"]
-            if total["requests"] >= n or time.monotonic() > deadline:
-                return total
-            await asyncio.sleep(0.05)
 
 
 async def test_requests_are_served_by_the_ray_deployment(running: Running) -> None:
@@ -184,7 +170,7 @@ async def test_a_killed_replica_fails_in_flight_requests_cleanly_and_is_replaced
                 pass
     assert "replica" in str(failed.value)
 
-    total = await _usage(running, tenant.key, 1)
+    total = await running.usage_total(tenant.key, 1)
     assert total["requests"] == 1 and total["errors"] == 1
 
     # Serve starts a replacement; new requests are served again.
@@ -248,7 +234,7 @@ async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_le
     moved_back.set()
     await traffic
     assert failures == [] and served > 0
-    total = await _usage(running, vip.key, served + 2)
+    total = await running.usage_total(vip.key, served + 2)
     assert total["requests"] == served + 2 and total["errors"] == 0
 
     deadline = time.monotonic() + 120  # idle and let go: Serve scales it to zero

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -95,6 +97,19 @@ class Running:
         key = self.acme.key if key is None else key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout)
+
+    async def usage_total(self, key: str, requests: int, wait_s: float = 10) -> dict[str, Any]:
+        """The caller's `/v1/usage` totals once they count `requests` (metering is
+        asynchronous), or as they are after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        async with self.http(key=key) as http:
+            while True:
+                r = await http.get("/v1/usage")
+                assert r.status_code == 200, r.text
+                total: dict[str, Any] = r.json()["total"]
+                if total["requests"] >= requests or time.monotonic() > deadline:
+                    return total
+                await asyncio.sleep(0.05)
 
     async def upload_adapter(
         self, name: str, adapter_dir: Path, base_model: str | None = None, key: str | None = None

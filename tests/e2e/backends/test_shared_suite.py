@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -29,17 +28,6 @@ async def _greedy(sdk: openai.AsyncOpenAI, model: str, max_tokens: int = 12) -> 
         model=model, messages=SEA, max_tokens=max_tokens, temperature=0
     )
     return chat.choices[0].message.content or ""
-
-
-async def _usage_total(backend: Backend, key: str, requests: int) -> dict[str, Any]:
-    """The caller's usage totals once they count `requests` (metering is asynchronous)."""
-    deadline = time.monotonic() + 10
-    async with backend.running.http(key=key) as http:
-        while True:
-            total: dict[str, Any] = (await http.get("/v1/usage")).json()["total"]
-            if total["requests"] >= requests or time.monotonic() > deadline:
-                return total
-            await asyncio.sleep(0.1)
 
 
 async def test_streamed_or_not_the_answer_is_the_same_and_usage_is_counted_once(
@@ -68,7 +56,7 @@ async def test_streamed_or_not_the_answer_is_the_same_and_usage_is_counted_once(
     assert text == whole.choices[0].message.content  # greedy: the same answer
     assert streamed is not None and streamed.total_tokens == whole.usage.total_tokens
 
-    total = await _usage_total(backend, tenant.key, 2)
+    total = await backend.running.usage_total(tenant.key, 2)
     assert total["requests"] == 2 and total["errors"] == 0
     assert total["input_tokens"] == 2 * whole.usage.prompt_tokens
     assert total["output_tokens"] == whole.usage.completion_tokens + streamed.completion_tokens
@@ -156,6 +144,6 @@ async def test_a_premium_request_is_served_past_standard_ones_waiting_for_the_po
     async with asyncio.timeout(120):
         answers = await asyncio.gather(*waiting)
     assert all(answers)
-    total = await _usage_total(backend, standard.key, 4)
+    total = await backend.running.usage_total(standard.key, 4)
     assert total["requests"] == 4, total
     print(f"\n{backend.name}: premium answered in {premium_s:.2f} s past 3 waiting requests")
