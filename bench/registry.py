@@ -67,7 +67,7 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from tenantserve.admission import LocalRateLimiter  # noqa: E402
 from tenantserve.admission.policy import PolicyConfig  # noqa: E402
-from tenantserve.bootstrap import Tenancy, load_served_model, open_tenancy  # noqa: E402
+from tenantserve.bootstrap import Tenancy, open_tenancy  # noqa: E402
 from tenantserve.config import CacheConfig, EngineConfig, Settings  # noqa: E402
 from tenantserve.engine.client import AsyncEngineClient  # noqa: E402
 from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
@@ -76,6 +76,7 @@ from tenantserve.gateway.catalog import SHARED_POOL  # noqa: E402
 from tenantserve.gateway.dispatch import Dispatcher  # noqa: E402
 from tenantserve.gateway.pools import EnginePool, build_catalog  # noqa: E402
 from tenantserve.gateway.resolver import DEFAULT_TTL_S, ModelResolver  # noqa: E402
+from tenantserve.pool_setup import load_served_model  # noqa: E402
 from tenantserve.registry.adapter_service import AdapterService, UploadPart  # noqa: E402
 from tenantserve.registry.adapter_smoke import (  # noqa: E402
     EngineSmokeTester,

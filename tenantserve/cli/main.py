@@ -199,7 +199,7 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.7,
 ) -> None:
     """Chat with the model in the terminal; reads stdin (piped input works), /exit quits."""
-    from tenantserve.bootstrap import resolve_model_dir
+    from tenantserve.pool_setup import resolve_model_dir
 
     try:
         settings = Settings.from_env(data_dir=data_dir)

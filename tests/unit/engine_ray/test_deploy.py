@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.bootstrap import build_pools
 from tenantserve.config import EngineConfig, Settings
 from tenantserve.engine_ray.client import RayServeEngineClient
 from tenantserve.engine_ray.deploy import RayPoolDeployment
 from tenantserve.errors import ConfigError
 from tenantserve.gateway.events import EventLog
 from tenantserve.gateway.pools import EnginePool
+from tenantserve.pool_setup import build_pools
 from tenantserve.ray_config import RayConfig, parse_ray_reserved
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tenantserve.bootstrap import build_configured_pool
 from tenantserve.engine.request import LoraRef
 from tenantserve.errors import ConfigError
 from tenantserve.gateway.events import EventLog
@@ -17,6 +16,7 @@ from tenantserve.gateway.upstream import OpenAIUpstream
 from tenantserve.gateway.vllm_adapters import VllmAdapters
 from tenantserve.gateway.vllm_pool import VllmPool, cache_salt, vllm_priority
 from tenantserve.pool_config import PoolConfig, VllmConfig, load_pools
+from tenantserve.pool_setup import build_configured_pool
 from tenantserve.tenancy.model import Region, TenantContext
 from tenantserve.tiers import Tier
 
