@@ -8,8 +8,18 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import NoReturn
 
 import pytest
+
+
+def unavailable(message: str) -> NoReturn:
+    """What a test does without something it needs: under CI=true it fails, elsewhere it
+    skips and prints why."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI=true requires it")
+    print(f"\nSKIP: {message}")
+    pytest.skip(message)
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -18,10 +28,7 @@ def require_service(name: str, host: str, port: int) -> None:
         with socket.create_connection((host, port), timeout=1.0):
             return
     except OSError as e:
-        message = f"{name} is not reachable at {host}:{port} ({e})"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI=true requires it")
-    pytest.skip(message)
+        unavailable(f"{name} is not reachable at {host}:{port} ({e})")
 
 
 REDIS_URL = os.environ.get("TENANTSERVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -2,7 +2,8 @@
 `VllmLauncher` on SmolLM2-135M, for the tests marked `vllm`.
 
 vLLM's interpreter: TENANTSERVE_VLLM_PYTHON (default .venv-vllm/bin/python). Missing, the
-tests skip with the reason, except under CI=true with TENANTSERVE_VLLM=1, where they fail.
+tests skip with the reason, except under CI=true, where they fail (without TENANTSERVE_VLLM=1
+they are deselected, never run).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import pytest
-
 from tenantserve.engine_vllm.launcher import VllmLauncher
 from tenantserve.pool_config import VllmLaunchConfig
+from tests.helpers.services import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_MODEL = "smol-vllm"  # the name tenants call the vLLM server's base model by
@@ -33,11 +33,7 @@ def vllm_python() -> Path:
     if not path.is_absolute():
         path = REPO_ROOT / path
     if not path.exists():
-        reason = f"no vLLM interpreter at {path} (make test-vllm installs it)"
-        if os.environ.get("CI") == "true" and vllm_enabled():
-            pytest.fail(reason)
-        print(f"\nSKIP vLLM e2e tests: {reason}")
-        pytest.skip(reason)
+        unavailable(f"no vLLM interpreter at {path} (make test-vllm installs it)")
     return path
 
 
