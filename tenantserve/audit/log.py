@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenantserve.audit.chain import ChainVerifier, VerifyReport
 from tenantserve.audit.entry import AuditEntry, ChainHead
 from tenantserve.audit.facts import redact
-from tenantserve.audit.repository import AuditRepository
+from tenantserve.audit.repository import AuditQuery, AuditRepository
 from tenantserve.errors import InvalidRequestError
 
 # pg_advisory_xact_lock key of audit appends ("audit" in ASCII).
@@ -37,10 +37,11 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class AuditPage:
-    """Entries oldest first; `next_after` is the cursor of the next page (None: the end)."""
+    """Entries in the query's order; `next_cursor` is the seq to pass as the next page's
+    `after_seq` (oldest first) or `before_seq` (newest first); None: the end."""
 
     entries: Sequence[AuditEntry]
-    next_after: int | None
+    next_cursor: int | None
 
 
 class AuditLog:
@@ -84,23 +85,19 @@ class AuditLog:
         async with self._engine.connect() as conn:
             return await AuditRepository(conn).head()
 
-    async def page(
-        self,
-        after_seq: int = 0,
-        limit: int = 100,
-        action: str | None = None,
-        target: str | None = None,
-        actor: str | None = None,
-    ) -> AuditPage:
-        """Up to `limit` (1..1000) entries after `after_seq`, oldest first, filtered."""
+    async def page(self, query: AuditQuery | None = None, limit: int = 100) -> AuditPage:
+        """Up to `limit` (1..1000) entries matching `query` (default: all, oldest first)."""
+        query = query or AuditQuery()
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}")
-        if after_seq < 0:
-            raise InvalidRequestError("after must be a seq (0 or more)")
+        if query.after_seq < 0 or (query.before_seq is not None and query.before_seq < 1):
+            raise InvalidRequestError("after must be a seq (0 or more), before one of 1 or more")
+        if query.since and query.until and query.since >= query.until:
+            raise InvalidRequestError("since must be before until")
         async with self._engine.connect() as conn:
-            entries = await AuditRepository(conn).after(after_seq, limit, action, target, actor)
-        next_after = entries[-1].seq if len(entries) == limit else None
-        return AuditPage(entries=entries, next_after=next_after)
+            entries = await AuditRepository(conn).entries(query, limit)
+        next_cursor = entries[-1].seq if len(entries) == limit else None
+        return AuditPage(entries=entries, next_cursor=next_cursor)
 
     async def verify(self, anchor: ChainHead | None = None) -> VerifyReport:
         """Walk the whole chain in seq order; the first edited, removed, reordered or
@@ -110,7 +107,7 @@ class AuditLog:
             verifier = ChainVerifier(anchor, last_seq=await repo.last_seq())
             after = 0
             while True:
-                batch = await repo.after(after, VERIFY_BATCH)
+                batch = await repo.entries(AuditQuery(after_seq=after), VERIFY_BATCH)
                 for entry in batch:
                     if verifier.feed(entry) is not None:
                         return verifier.finish()

@@ -4,6 +4,8 @@ caller owns the transaction). Inserts only: the table has no update or delete pa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,6 +14,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantserve.audit.entry import AuditEntry, ChainHead
 from tenantserve.audit.tables import audit_log
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Which entries a page holds: seq strictly between `after_seq` and `before_seq`,
+    matching every filter given, `at` in [since, until); oldest or newest first."""
+
+    after_seq: int = 0
+    before_seq: int | None = None
+    action: str | None = None
+    target: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    newest_first: bool = False
 
 
 class AuditRepository:
@@ -49,23 +66,26 @@ class AuditRepository:
             )
         )
 
-    async def after(
-        self,
-        after_seq: int,
-        limit: int,
-        action: str | None = None,
-        target: str | None = None,
-        actor: str | None = None,
-    ) -> Sequence[AuditEntry]:
-        """Up to `limit` entries with seq > `after_seq`, oldest first, matching the filters."""
-        query = select(audit_log).where(audit_log.c.seq > after_seq)
-        if action is not None:
-            query = query.where(audit_log.c.action == action)
-        if target is not None:
-            query = query.where(audit_log.c.target == target)
-        if actor is not None:
-            query = query.where(audit_log.c.actor == actor)
-        rows = await self._conn.execute(query.order_by(audit_log.c.seq).limit(limit))
+    async def entries(self, query: AuditQuery, limit: int) -> Sequence[AuditEntry]:
+        """Up to `limit` entries matching `query`, in its order."""
+        where = [audit_log.c.seq > query.after_seq]
+        if query.before_seq is not None:
+            where.append(audit_log.c.seq < query.before_seq)
+        for column, value in (
+            (audit_log.c.action, query.action),
+            (audit_log.c.target, query.target),
+            (audit_log.c.actor, query.actor),
+        ):
+            if value is not None:
+                where.append(column == value)
+        if query.since is not None:
+            where.append(audit_log.c.at >= query.since)
+        if query.until is not None:
+            where.append(audit_log.c.at < query.until)
+        order = audit_log.c.seq.desc() if query.newest_first else audit_log.c.seq
+        rows = await self._conn.execute(
+            select(audit_log).where(*where).order_by(order).limit(limit)
+        )
         return [_entry(row) for row in rows]
 
 

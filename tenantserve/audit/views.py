@@ -26,11 +26,12 @@ def entry_json(e: AuditEntry) -> dict[str, Any]:
 
 
 def page_json(page: AuditPage) -> dict[str, Any]:
-    """`{"object": "list", "data": [entry], "next": seq | null}` (`next`: pass as `after`)."""
+    """`{"object": "list", "data": [entry], "next": seq | null}` (`next`: pass as `after`,
+    or as `before` when the page is newest first)."""
     return {
         "object": "list",
         "data": [entry_json(e) for e in page.entries],
-        "next": page.next_after,
+        "next": page.next_cursor,
     }
 
 

@@ -35,6 +35,8 @@ from tenantserve.cli.runner import (
     run_admin_command,
 )
 from tenantserve.config import Settings
+from tenantserve.gateway.errors import ApiError
+from tenantserve.gateway.routes_audit import AuditParams, audit_query
 
 if TYPE_CHECKING:
     import httpx
@@ -51,8 +53,8 @@ audit_app = typer.Typer(
 class AuditAdmin(Protocol):
     """Reading the audit log; every result is the admin API's JSON."""
 
-    async def page(self, params: dict[str, str]) -> JsonObject:
-        """`GET /admin/audit`'s page for `params` (after, limit, action, target, actor)."""
+    async def page(self, params: AuditParams) -> JsonObject:
+        """`GET /admin/audit`'s page for `params`."""
         ...
 
     async def verify(self, head: str | None) -> JsonObject:
@@ -66,15 +68,12 @@ class DirectAuditAdmin:
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
 
-    async def page(self, params: dict[str, str]) -> JsonObject:
-        page = await self._audit.page(
-            int(params.get("after", "0")),
-            int(params.get("limit", "100")),
-            params.get("action"),
-            params.get("target"),
-            params.get("actor"),
-        )
-        return page_json(page)
+    async def page(self, params: AuditParams) -> JsonObject:
+        try:
+            query, limit = audit_query(params)
+        except ApiError as e:
+            raise CommandError(str(e), exit_code=2) from e
+        return page_json(await self._audit.page(query, limit))
 
     async def verify(self, head: str | None) -> JsonObject:
         try:
@@ -90,8 +89,8 @@ class HttpAuditAdmin:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    async def page(self, params: dict[str, str]) -> JsonObject:
-        return await self._get("/admin/audit", params)
+    async def page(self, params: AuditParams) -> JsonObject:
+        return await self._get("/admin/audit", params.model_dump(exclude_none=True))
 
     async def verify(self, head: str | None) -> JsonObject:
         return await self._get("/admin/audit/verify", {"head": head} if head else {})
@@ -118,6 +117,24 @@ class HttpAuditAdmin:
 @audit_app.command("list")
 def audit_list(
     after: Annotated[int, typer.Option(help="Only entries after this seq (a page's `next`).")] = 0,
+    before: Annotated[
+        int | None,
+        typer.Option(
+            help="Only entries before this seq (a --newest-first page's `next`).",
+            show_default=False,
+        ),
+    ] = None,
+    newest_first: Annotated[bool, typer.Option(help="Newest entries first.")] = False,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only entries at or after this time (ISO 8601, UTC).", show_default=False
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Only entries before this time (ISO 8601, UTC).", show_default=False),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many entries (1-1000).")] = 100,
     action: Annotated[
         str | None, typer.Option(help="Only this action (tenant.update...).", show_default=False)
@@ -132,10 +149,18 @@ def audit_list(
     url: UrlOption = None,
     admin_token: AdminTokenOption = None,
 ) -> None:
-    """Print a page of entries, oldest first; `next` is the --after of the following one."""
-    params = {"after": str(after), "limit": str(limit)}
-    params.update(
-        {k: v for k, v in (("action", action), ("target", target), ("actor", actor)) if v}
+    """Print a page of entries, oldest first (or --newest-first); `next` is the --after
+    (--before when newest first) of the following one."""
+    params = AuditParams(
+        order="desc" if newest_first else "asc",
+        after=str(after),
+        before=None if before is None else str(before),
+        since=since,
+        until=until,
+        limit=str(limit),
+        action=action,
+        target=target,
+        actor=actor,
     )
     _run(data_dir, url, admin_token, lambda admin: admin.page(params))
 

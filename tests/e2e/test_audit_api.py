@@ -65,7 +65,7 @@ async def test_operator_reads_of_tenant_data_are_recorded(running: Running) -> N
     assert await _entries(running, action="events.read")
 
 
-async def test_pages_follow_the_next_cursor_oldest_first(running: Running) -> None:
+async def test_pages_follow_the_next_cursor_oldest_or_newest_first(running: Running) -> None:
     seen: list[int] = []
     after = "0"
     while True:
@@ -77,9 +77,30 @@ async def test_pages_follow_the_next_cursor_oldest_first(running: Running) -> No
             break
         after = str(body["next"])
     assert seen == list(range(1, len(seen) + 1)) and len(seen) >= 3
+    before: str | None = None
+    newest: list[int] = []
+    while True:
+        params = {"order": "desc", "limit": "2", **({"before": before} if before else {})}
+        async with running.admin() as admin:
+            body = (await admin.get("/admin/audit", params=params)).json()
+        newest += [e["seq"] for e in body["data"]]
+        if body["next"] is None:
+            break
+        before = str(body["next"])
+    assert newest[-len(seen) :] == seen[::-1] and newest == sorted(newest, reverse=True)
     async with running.admin() as admin:
-        assert (await admin.get("/admin/audit", params={"limit": "0"})).status_code == 400
-        assert (await admin.get("/admin/audit", params={"after": "x"})).status_code == 400
+        for bad in (
+            {"limit": "0"},
+            {"after": "x"},
+            {"before": "0"},
+            {"order": "sideways"},
+            {"since": "yesterday"},
+            {"since": "2026-02-01", "until": "2026-01-01"},
+        ):
+            r = await admin.get("/admin/audit", params=bad)
+            assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        r = await admin.get("/admin/audit", params={"since": "2999-01-01T00:00:00Z"})
+        assert r.json()["data"] == []
 
 
 async def test_a_tenant_key_or_no_token_gets_401(running: Running) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from sqlalchemy.exc import DBAPIError
 
 from tenantserve.audit.chain import ProblemKind
 from tenantserve.audit.log import AuditLog
+from tenantserve.audit.repository import AuditQuery
+from tenantserve.errors import InvalidRequestError
 from tenantserve.storage.database import Database
 from tenantserve.storage.migrations import migrate
 from tests.helpers.databases import BACKENDS, drop_postgres_database, fresh_postgres_database
@@ -77,7 +81,7 @@ async def test_concurrent_appends_from_two_engines_make_one_valid_chain(
         page = await logs[0].page(limit=1000)
         assert [e.seq for e in page.entries] == list(range(1, 51))
         assert sorted(e.details["i"] for e in page.entries) == list(range(50))
-        assert page.next_after is None
+        assert page.next_cursor is None
     finally:
         await other.dispose()
 
@@ -156,12 +160,33 @@ async def test_pages_are_oldest_first_filtered_with_a_next_cursor(database: Data
     for i in range(5):
         await log.record("admin", "tenant.update", "ten_a" if i % 2 else "ten_b", {"i": i})
         await log.record(f"tenant:ten_{i}", "adapter.upload", f"ad_{i}", {"key": "ts-x-secret"})
-    first = await log.page(limit=3, action="tenant.update")
+    first = await log.page(AuditQuery(action="tenant.update"), limit=3)
     assert [e.details["i"] for e in first.entries] == [0, 1, 2]
-    assert first.next_after == first.entries[-1].seq
-    rest = await log.page(after_seq=first.next_after or 0, limit=3, action="tenant.update")
-    assert [e.details["i"] for e in rest.entries] == [3, 4] and rest.next_after is None
-    only_a = await log.page(target="ten_a")
+    assert first.next_cursor == first.entries[-1].seq
+    rest = await log.page(
+        AuditQuery(after_seq=first.next_cursor or 0, action="tenant.update"), limit=3
+    )
+    assert [e.details["i"] for e in rest.entries] == [3, 4] and rest.next_cursor is None
+    only_a = await log.page(AuditQuery(target="ten_a"))
     assert [e.details["i"] for e in only_a.entries] == [1, 3]
-    uploads = await log.page(actor="tenant:ten_2")
+    uploads = await log.page(AuditQuery(actor="tenant:ten_2"))
     assert [e.details for e in uploads.entries] == [{"key": "[redacted]"}]
+
+
+async def test_newest_first_pages_walk_back_in_a_time_window(database: Database) -> None:
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    minutes = iter(range(100))
+    log = AuditLog(database.engine, clock=lambda: start + timedelta(minutes=next(minutes)))
+    for i in range(6):
+        await log.record("admin", "tenant.update", "ten_a", {"i": i})  # at minute i
+    window = AuditQuery(
+        since=start + timedelta(minutes=1), until=start + timedelta(minutes=5), newest_first=True
+    )
+    first = await log.page(window, limit=3)
+    assert [e.details["i"] for e in first.entries] == [4, 3, 2]
+    rest = await log.page(replace(window, before_seq=first.next_cursor), limit=3)
+    assert [e.details["i"] for e in rest.entries] == [1] and rest.next_cursor is None
+    newest = await log.page(AuditQuery(newest_first=True), limit=1)
+    assert [e.seq for e in newest.entries] == [6]
+    with pytest.raises(InvalidRequestError):
+        await log.page(AuditQuery(since=start, until=start))

@@ -103,6 +103,11 @@ class Producer:
         self._stop.set()
 
 
+def _tail(log: Path, lines: int = 15) -> str:
+    text = log.read_text(errors="replace") if log.exists() else "(no log)"
+    return f"--- {log.name}:\n" + "\n".join(text.splitlines()[-lines:])
+
+
 def _event(i: int, now: float) -> UsageEvent:
     return usage_event(
         i,
@@ -266,7 +271,11 @@ async def test_no_event_is_lost_or_doubled_when_the_database_drops_the_aggregato
     finally:
         producer.stop()
         await producing
-    assert terminated >= 5
+    assert terminated >= 5, (
+        f"the aggregator lost its connections {terminated} times in 90 s: "
+        f"{await store.count_events()} of {len(producer.produced)} events counted, "
+        f"{outbox.pending()} in the outbox\n{_tail(aggregator.log)}\n{_tail(shipper.log)}"
+    )
     await _wait_until_drained(outbox, store, len(producer.produced))
     assert await shipper.stop() == 0
     assert await aggregator.stop() == 0

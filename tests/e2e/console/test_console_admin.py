@@ -7,6 +7,7 @@ credential. Each page is screenshotted (`CONSOLE_SCREENSHOTS`)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,22 @@ async def test_a_tier_change_on_the_tenant_page_appears_in_the_verified_audit_lo
         await expect(cells.nth(5)).to_have_text('{"tier":{"from":"standard","to":"premium"}}')
         await tab.page.get_by_role("button", name="Verify chain").click()
         await expect(tab.page.locator("#verify-result")).to_contain_text("Chain intact")
-        await expect(tab.page.get_by_role("button", name="First page")).to_be_disabled()
+        await expect(tab.page.get_by_role("button", name="Newest")).to_be_disabled()
         await tab.page.get_by_label("Action").fill("")
         await tab.page.get_by_label("Target").fill("")
         await tab.page.get_by_role("button", name="Filter").click()
-        await expect(rows.first).to_contain_text("tenant.update")
+        await expect(rows).not_to_have_count(1)  # the unfiltered page has replaced the one row
+        change = rows.filter(has_text="tenant.update").filter(has_text=tenant_id)
+        await expect(change).to_have_count(1)
+        seqs = [int(seq) for seq in await rows.locator("td:first-child").all_inner_texts()]
+        assert len(seqs) > 1 and seqs == sorted(seqs, reverse=True), "newest first"
+        tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
+        await tab.page.get_by_label("From (UTC)").fill(tomorrow)
+        await tab.page.get_by_role("button", name="Filter").click()
+        await expect(rows).to_have_text(["No entries match."])
+        await tab.page.get_by_label("From (UTC)").fill("")
+        await tab.page.get_by_role("button", name="Filter").click()
+        await expect(change).to_have_count(1)
         await tab.screenshot("admin-audit")
 
 

@@ -53,6 +53,11 @@ def test_direct_commands_are_audited_as_the_os_user_without_secrets(tmp_path: Pa
     filtered = _ok(tmp_path, "audit", "list", "--target", key["id"], "--limit", "1")
     assert [e["action"] for e in filtered["data"]] == ["key.create"]
     assert filtered["next"] == filtered["data"][0]["seq"]
+    newest = _ok(tmp_path, "audit", "list", "--newest-first", "--limit", "2")
+    assert [e["action"] for e in newest["data"]] == ["credit.grant", "key.revoke"]
+    older = _ok(tmp_path, "audit", "list", "--newest-first", "--before", str(newest["next"]))
+    assert [e["action"] for e in older["data"]] == ["key.create", "tenant.update", "tenant.create"]
+    assert _ok(tmp_path, "audit", "list", "--since", "2999-01-01")["data"] == []
     report = _ok(tmp_path, "audit", "verify", "--head", f"5:{page['data'][-1]['hash']}")
     assert report["ok"] and report["checked"] == 5
 
@@ -64,3 +69,5 @@ def test_verify_against_a_head_the_log_never_reached_exits_1(tmp_path: Path) -> 
     assert "truncated" in result.stderr and result.stderr.count("\n") == 1
     bad = _cli(tmp_path, "audit", "verify", "--head", "nonsense")
     assert bad.exit_code == 2 and "SEQ:HASH" in bad.stderr
+    when = _cli(tmp_path, "audit", "list", "--since", "last tuesday")
+    assert when.exit_code == 2 and "since must be an ISO 8601 time" in when.stderr

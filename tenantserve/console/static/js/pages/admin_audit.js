@@ -1,29 +1,24 @@
-// Operator: the audit log — filtered pages of entries (oldest first) and chain checks.
+// Operator: the audit log — filtered pages of entries (newest first) and chain checks.
 import { $, api, clearMessages, fillTable, filledFields, fmtTime, h, onSubmit, showError, startPage } from "../api.js";
 
 let filters = {};
-let after = 0;
+let before = null; // the page shown holds the entries before this seq (null: the newest)
 let next = null;
 
-// A datetime-local value read as UTC, or null.
+// A datetime-local value (read as UTC) as the API's ISO time, or undefined.
 function utc(value) {
-  if (!value) return null;
-  const date = new Date(`${value}Z`);
-  return Number.isNaN(date.getTime()) ? null : date;
+  return value ? `${value}Z` : undefined;
 }
 
 async function load() {
-  const { since, until, limit, ...server } = filters;
-  const query = new URLSearchParams({ ...server, after: String(after), limit: limit || "50" });
+  const { since, until, ...rest } = filters;
+  const query = new URLSearchParams({ ...rest, order: "desc", limit: rest.limit || "50" });
+  if (before !== null) query.set("before", String(before));
+  if (utc(since)) query.set("since", utc(since));
+  if (utc(until)) query.set("until", utc(until));
   const page = await api(`/admin/audit?${query}`);
   next = page.next;
-  const from = utc(since);
-  const to = utc(until);
-  const entries = page.data.filter((e) => {
-    const at = new Date(e.at);
-    return (!from || at >= from) && (!to || at <= to);
-  });
-  fillTable($("#entries tbody"), entries, [
+  fillTable($("#entries tbody"), page.data, [
     (e) => h("span", { class: "num" }, String(e.seq)),
     (e) => fmtTime(e.at),
     (e) => e.actor,
@@ -33,8 +28,9 @@ async function load() {
   ], "No entries match.");
   for (const row of $("#entries tbody").rows) row.cells[5]?.classList.add("details");
   $("#next-page").disabled = next === null;
-  $("#first-page").disabled = after === 0;
-  $("#page-info").textContent = `${entries.length} of ${page.data.length} entries after #${after}` + (next === null ? " (end of the log)" : "");
+  $("#first-page").disabled = before === null;
+  const where = before === null ? "newest" : `before #${before}`;
+  $("#page-info").textContent = `${page.data.length} entries, ${where}` + (next === null ? " (start of the log)" : "");
 }
 
 async function verify() {
@@ -55,18 +51,18 @@ async function verify() {
 startPage("admin", async () => {
   onSubmit($("#filter-form"), async (form) => {
     filters = filledFields(form);
-    after = 0;
+    before = null;
     await load();
   });
   $("#next-page").addEventListener("click", () => {
     clearMessages();
     if (next === null) return;
-    after = next;
+    before = next;
     load().catch(showError);
   });
   $("#first-page").addEventListener("click", () => {
     clearMessages();
-    after = 0;
+    before = null;
     load().catch(showError);
   });
   $("#verify").addEventListener("click", async () => {
