@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Literal
 
-from tenantserve.billing.calculator import compute_invoice, usage_lines
+from tenantserve.billing.calculator import Computation, compute_invoice, usage_lines
 from tenantserve.billing.costs import CostReport, allocate_costs
 from tenantserve.billing.credits import (
     CreditGrant,
@@ -163,6 +163,19 @@ class BillingService:
             return Generated(tenant_id, "created", invoice)
         same = existing.lines == invoice.lines
         return Generated(tenant_id, "unchanged" if same else "updated", invoice)
+
+    async def estimate(self, tenant_id: str, now: datetime) -> tuple[BillingPeriod, Computation]:
+        """The invoice `generate` would write for the period containing `now`, computed
+        as of `now` and never saved: nothing is created, no credit is drawn."""
+        period = BillingPeriod.containing(now)
+        async with self._uow() as uow:
+            return period, compute_invoice(
+                period,
+                await uow.usage.hour_rows(tenant_id, period),
+                await uow.usage.tier_changes(tenant_id),
+                await uow.credits.list(tenant_id, exclude_invoice=invoice_id(tenant_id, period)),
+                await uow.prices.book(),
+            )
 
     async def get(self, invoice_id: str, tenant_id: str | None = None) -> Invoice:
         """The invoice; NotFoundError when there is none, or it is not `tenant_id`'s (the

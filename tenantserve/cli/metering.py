@@ -7,8 +7,11 @@ processes (`TENANTSERVE_METERING_IN_PROCESS=false` keeps them out of `tenantserv
 Both read the settings from the environment (`TENANTSERVE_NATS_URL` is required; the
 aggregator migrates `TENANTSERVE_DATABASE_URL`, else the data dir's SQLite file, first;
 the shipper touches no database), log their progress every few seconds on stderr, and
-stop cleanly on SIGTERM or SIGINT. Killed instead (SIGKILL), they lose nothing: unshipped
-rows stay in the outbox and unacked messages are redelivered (see `tenantserve/metering/`).
+stop cleanly on SIGTERM or SIGINT. While NATS or the database is not ready at start-up
+(restarting, a dropped connection) they retry with a back-off for `--start-timeout-s`,
+logging why, and then exit 1 naming the last error. Killed instead (SIGKILL), they lose
+nothing: unshipped rows stay in the outbox and unacked messages are redelivered (see
+`tenantserve/metering/`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ metering_app = typer.Typer(
 )
 
 _PROGRESS_EVERY_S = 5.0
+_MAX_START_DELAY_S = 5.0
 
 DataDirOption = Annotated[
     Path | None,
@@ -58,6 +62,12 @@ StreamOption = Annotated[str, typer.Option("--stream", help="JetStream stream na
 SubjectPrefixOption = Annotated[
     str, typer.Option("--subject-prefix", help="Subjects are <prefix>.<tenant id>.")
 ]
+StartTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--start-timeout-s", help="How long to retry while NATS or the database is not ready."
+    ),
+]
 
 
 @metering_app.command()
@@ -66,11 +76,12 @@ def ship(
     nats_url: NatsUrlOption = None,
     stream: StreamOption = STREAM_NAME,
     subject_prefix: SubjectPrefixOption = SUBJECT_PREFIX,
+    start_timeout_s: StartTimeoutOption = 60.0,
 ) -> None:
     """Ship the data dir's usage outbox to the JetStream usage stream until stopped."""
     settings, url = _settings(data_dir, nats_url)
     usage_stream = UsageStream(name=stream, subject_prefix=subject_prefix)
-    _run(_ship(settings, url, usage_stream))
+    _run(_ship(settings, url, usage_stream, start_timeout_s))
 
 
 @metering_app.command()
@@ -85,18 +96,21 @@ def aggregate(
     ack_wait_s: Annotated[
         float, typer.Option("--ack-wait-s", help="Seconds before an unacked batch is resent.")
     ] = 30.0,
+    start_timeout_s: StartTimeoutOption = 60.0,
 ) -> None:
     """Count the usage stream into the database until stopped."""
     settings, url = _settings(data_dir, nats_url)
     usage_stream = UsageStream(name=stream, subject_prefix=subject_prefix)
-    _run(_aggregate(settings, url, usage_stream, durable, ack_wait_s))
+    _run(_aggregate(settings, url, usage_stream, durable, ack_wait_s, start_timeout_s))
 
 
-async def _ship(settings: Settings, nats_url: str, stream: UsageStream) -> None:
+async def _ship(
+    settings: Settings, nats_url: str, stream: UsageStream, start_timeout_s: float
+) -> None:
     outbox = Outbox(settings.data_dir / OUTBOX_FILE, settings.metering.outbox_synchronous)
     shipper = Shipper(outbox, nats_url, stream=stream)
     try:
-        await shipper.start()
+        await start_with_retries("the shipper", shipper.start, start_timeout_s)
         logger.info(
             "shipping %s (%d pending) to %s on %s",
             outbox.path,
@@ -112,25 +126,62 @@ async def _ship(settings: Settings, nats_url: str, stream: UsageStream) -> None:
 
 
 async def _aggregate(
-    settings: Settings, nats_url: str, stream: UsageStream, durable: str, ack_wait_s: float
+    settings: Settings,
+    nats_url: str,
+    stream: UsageStream,
+    durable: str,
+    ack_wait_s: float,
+    start_timeout_s: float,
 ) -> None:
     from tenantserve.storage.database import create_engine, database_url
     from tenantserve.storage.migrations import migrate
 
     url = database_url(settings)
-    await migrate(url)
     engine = create_engine(url)
     aggregator = Aggregator(
         nats_url, UsageStore(engine), stream=stream, durable=durable, ack_wait_s=ack_wait_s
     )
-    try:
+
+    async def start() -> None:
+        await migrate(url)
         await aggregator.start()
+
+    try:
+        await start_with_retries("the aggregator", start, start_timeout_s)
         logger.info("aggregating %s (consumer %s) on %s", stream.name, durable, nats_url)
         await _until_signal(aggregator.run_forever(), aggregator.close, lambda: aggregator.counted)
     finally:
         await aggregator.close()
         await engine.dispose()
     logger.info("aggregator stopped after %d new events", aggregator.counted)
+
+
+async def start_with_retries(
+    what: str, start: Callable[[], Awaitable[None]], timeout_s: float
+) -> None:
+    """Run `start`, again after a growing delay (up to 5 s) while it fails with anything
+    but a configuration error, for at most `timeout_s` in all (an attempt still running
+    then is cancelled); then fail naming the last error."""
+    deadline = time.monotonic() + timeout_s
+    delay_s = 0.25
+    while True:
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                await start()
+            return
+        except TenantServeError:
+            raise
+        except Exception as e:
+            problem = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}"
+            if time.monotonic() + delay_s > deadline:
+                _fail(
+                    f"{what} could not start in {timeout_s:g} s ({problem}); check that NATS "
+                    "and the database are up and reachable (TENANTSERVE_NATS_URL, "
+                    "TENANTSERVE_DATABASE_URL)"
+                )
+            logger.warning("%s is not ready (%s); retrying in %.2f s", what, problem, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(_MAX_START_DELAY_S, delay_s * 2)
 
 
 async def _until_signal(

@@ -8,7 +8,9 @@
 On an engine pool the gateway tokenizes (the count admission checks is exact); on an
 upstream pool the client's JSON is forwarded (`gateway/upstream.py`) and the prompt is
 counted with the model's tokenizer when the gateway has it, else estimated from its
-length (the reservation is corrected by the upstream's usage).
+length (the reservation is corrected by the upstream's usage). Fields a backend schedules
+or caches by (`GATEWAY_OWNED_FIELDS`) are the gateway's: a client's are dropped, and a vLLM
+pool sets the tenant's own.
 
 A completion's `id` is `chatcmpl-<request id>` / `cmpl-<request id>`, the same id the
 `x-request-id` header carries. Outputs leave whole or as server-sent events
@@ -64,6 +66,10 @@ from tenantserve.gateway.streaming import (
 from tenantserve.gateway.upstream import UpstreamUsage
 from tenantserve.metering.events import UsageStatus
 from tenantserve.tenancy.model import TenantContext
+
+# vLLM's `priority` would let a client jump its tier; its `cache_salt` would let it pick
+# the prefix-cache partition it shares. Neither is forwarded as the client sent it.
+GATEWAY_OWNED_FIELDS = ("priority", "cache_salt")
 
 
 class OpenAIRoutes:
@@ -196,11 +202,14 @@ class OpenAIRoutes:
         self, request: Request, admission: Admission, raw: bytes, body: Body, path: str
     ) -> Response:
         """Run an admitted request on its upstream pool: the client's own JSON forwarded
-        with the upstream's model name and the admitted max_tokens."""
+        with the upstream's model name and the admitted max_tokens, less the fields only
+        the gateway may set."""
         pool = admission.pool
         assert isinstance(pool, UpstreamPool)
         target = admission.decision.route.target
         payload = json.loads(raw)
+        for field in GATEWAY_OWNED_FIELDS:  # a vLLM pool sets its own in prepare()
+            payload.pop(field, None)
         payload["model"] = pool.upstream_name(target)
         if "max_completion_tokens" in payload:
             payload["max_completion_tokens"] = admission.max_tokens

@@ -2,10 +2,11 @@
 
     GET /v1/spend    the current UTC month priced now   -> spend estimate
 
-The estimate is the invoice `BillingService.generate` would write for the period at this
-moment (`billing.calculator.compute_invoice`: metered usage to date at the price book's
-prices, the period's platform fee prorated by the tier history, credits drawn), computed
-and never saved: nothing is created, no credit is drawn. An answer:
+The estimate (`BillingService.estimate`) is the invoice `BillingService.generate` would
+write for the period at this moment (`billing.calculator.compute_invoice`: metered usage
+to date at the price book's prices, the period's platform fee prorated by the tier
+history, credits drawn), computed and never saved: nothing is created, no credit is
+drawn. An answer:
 
     {"object": "spend_estimate", "tenant_id", "period": "YYYY-MM", "as_of",
      "usage_usd", "platform_fee_usd", "credits_usd", "total_usd", "lines": [line]}
@@ -16,19 +17,15 @@ into hour buckets are not in it yet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from fastapi import FastAPI, Request
 
-from tenantserve.billing.calculator import compute_invoice
-from tenantserve.billing.invoice import InvoiceLine, LineKind, invoice_id
+from tenantserve.billing.invoice import InvoiceLine, LineKind
 from tenantserve.billing.money import ZERO, usd_str
-from tenantserve.billing.period import BillingPeriod
 from tenantserve.billing.service import BillingService
-from tenantserve.billing.unit_of_work import BillingUnitOfWork
 from tenantserve.billing.views import line_json
 from tenantserve.gateway.auth import Authenticator
 
@@ -43,14 +40,11 @@ class SpendRoutes:
 
     def __init__(self, auth: Authenticator, billing: BillingService | None) -> None:
         self.auth = auth
-        # The billing service's own unit of work: the same tables generate() reads.
-        self._uow: Callable[[], BillingUnitOfWork] | None = (
-            billing._uow if billing is not None else None
-        )
+        self.billing = billing
 
     def install(self, app: FastAPI) -> None:
         """Add `/v1/spend` to `app` (when billing is served)."""
-        if self._uow is not None:
+        if self.billing is not None:
             app.add_api_route("/v1/spend", self.spend, methods=["GET"])
 
     async def spend(self, request: Request) -> dict[str, Any]:
@@ -60,16 +54,8 @@ class SpendRoutes:
 
     async def estimate(self, tenant_id: str, now: datetime) -> dict[str, Any]:
         """The open period's invoice for `tenant_id` as of `now`, computed, not saved."""
-        assert self._uow is not None
-        period = BillingPeriod.containing(now)
-        async with self._uow() as uow:
-            computed = compute_invoice(
-                period,
-                await uow.usage.hour_rows(tenant_id, period),
-                await uow.usage.tier_changes(tenant_id),
-                await uow.credits.list(tenant_id, exclude_invoice=invoice_id(tenant_id, period)),
-                await uow.prices.book(),
-            )
+        assert self.billing is not None
+        period, computed = await self.billing.estimate(tenant_id, now)
         lines = computed.lines
         return {
             "object": "spend_estimate",

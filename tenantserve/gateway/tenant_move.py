@@ -159,7 +159,7 @@ class TenantMover:
         }
         if not dedicated:  # nothing to bring up: no tenant list read at start-up
             return
-        placed = {t.pool for t in await self.tenancy.list_tenants()}
+        placed = await self.tenancy.placed_pools()
         for name, pool in dedicated.items():
             if name in placed:
                 await pool.hold_capacity(True, BRING_UP_TIMEOUT_S)
@@ -170,7 +170,7 @@ class TenantMover:
         pool = self.pools.get(name)
         if not isinstance(pool, EnginePool):
             return None
-        if any(t.pool == name for t in await self.tenancy.list_tenants()):
+        if name in await self.tenancy.placed_pools():
             return None
         return name if await pool.hold_capacity(False, BRING_UP_TIMEOUT_S) else None
 

@@ -35,7 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tenantserve.errors import InvalidRequestError
 from tenantserve.metering.events import UsageEvent, decode_batch
 from tenantserve.metering.store import UsageStore
-from tenantserve.metering.stream import UsageStream, connect, ensure_stream
+from tenantserve.metering.stream import UsageStream, close_quietly, connect, ensure_stream
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,18 @@ class Aggregator:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Connect, make sure the stream and the durable consumer exist, and bind to it."""
-        self._nc = await connect(self.nats_url, self.name)
-        js = self._nc.jetstream()
+        """Connect, make sure the stream and the durable consumer exist, and bind to it
+        (on failure the connection is closed again, so `start` can be retried)."""
+        nc = await connect(self.nats_url, self.name)
+        try:
+            await self._bind(nc.jetstream())
+        except BaseException:
+            await close_quietly(nc)
+            raise
+        self._nc = nc
+
+    async def _bind(self, js: JetStreamContext) -> None:
+        """Create the stream and the durable consumer where missing; subscribe to it."""
         await ensure_stream(js, self.stream)
         config = ConsumerConfig(
             durable_name=self.durable,
@@ -162,9 +171,8 @@ class Aggregator:
         """Stop `run_forever` and close the connection (unacked messages are redelivered
         to another worker after `ack_wait_s`)."""
         self._stopping.set()
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+        if self._nc is not None:
+            await close_quietly(self._nc)
 
     async def _decode(self, msg: Msg) -> list[UsageEvent] | None:
         """The message's events; None (and the message terminated) when malformed."""

@@ -30,7 +30,13 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from tenantserve.metering.outbox import Outbox, OutboxEntry
-from tenantserve.metering.stream import MSG_ID_HEADER, UsageStream, connect, ensure_stream
+from tenantserve.metering.stream import (
+    MSG_ID_HEADER,
+    UsageStream,
+    close_quietly,
+    connect,
+    ensure_stream,
+)
 from tenantserve.metering.stream import message_id as stream_message_id
 
 logger = logging.getLogger(__name__)
@@ -67,10 +73,16 @@ class Shipper:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Connect and make sure the stream exists."""
-        self._nc = await connect(self.nats_url, self.name)
-        self._js = self._nc.jetstream(publish_async_max_pending=16_384)
-        await ensure_stream(self._js, self.stream)
+        """Connect and make sure the stream exists (on failure the connection is closed
+        again, so `start` can be retried)."""
+        nc = await connect(self.nats_url, self.name)
+        try:
+            js = nc.jetstream(publish_async_max_pending=16_384)
+            await ensure_stream(js, self.stream)
+        except BaseException:
+            await close_quietly(nc)
+            raise
+        self._nc, self._js = nc, js
 
     async def ship_once(self) -> int:
         """Ship one batch of the oldest outbox rows; how many events the stream acked
@@ -115,9 +127,8 @@ class Shipper:
     async def close(self) -> None:
         """Stop `run_forever` and close the connection (unshipped rows stay in the outbox)."""
         self._stopping.set()
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+        if self._nc is not None:
+            await close_quietly(self._nc)
 
     async def _publish(
         self, messages: list[list[OutboxEntry]]

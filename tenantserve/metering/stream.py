@@ -17,6 +17,8 @@ wildcards, spaces) are written `%XX` per UTF-8 byte, so the mapping stays one-to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -87,8 +89,10 @@ def message_id(event_ids: Iterable[str]) -> str:
     return f"ub_{digest}"
 
 
-async def connect(url: str, name: str) -> NATS:
-    """A NATS connection that reconnects for ever (every 0.5 s) after a lost server."""
+async def connect(url: str, name: str, timeout_s: float = 10.0) -> NATS:
+    """A NATS connection that reconnects for ever (every 0.5 s) after a lost server.
+    TimeoutError when no server answered within `timeout_s` (nats-py would try the first
+    connection for ever too)."""
 
     async def on_error(e: Exception) -> None:
         logger.warning("nats %s: %s", name, e)
@@ -100,18 +104,31 @@ async def connect(url: str, name: str) -> NATS:
     async def on_reconnected() -> None:
         logger.info("nats %s: reconnected to %s", name, url)
 
-    nc = await nats.connect(
-        url,
-        name=name,
-        connect_timeout=2,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-    )
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            timeout_s,
+        )
+    except TimeoutError:
+        raise TimeoutError(f"no NATS server answered at {url} in {timeout_s:g} s") from None
     return nc
+
+
+async def close_quietly(nc: NATS) -> None:
+    """Close `nc` unless it is closed already; a failure to close is not an error."""
+    if not nc.is_closed:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 async def ensure_stream(js: JetStreamContext, stream: UsageStream) -> None:

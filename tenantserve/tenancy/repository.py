@@ -48,6 +48,13 @@ class TenantRepository:
         )
         return [_tenant(row) for row in result.mappings()]
 
+    async def placed_pools(self) -> set[str]:
+        """The dedicated pools at least one tenant is placed on."""
+        result = await self._session.execute(
+            select(tenants.c.pool).where(tenants.c.pool.is_not(None)).distinct()
+        )
+        return {str(pool) for pool in result.scalars()}
+
     async def update(self, tenant: Tenant, now: datetime) -> None:
         """Write the tenant's mutable fields (name, tier, region, status, limits, quotas,
         log_content, pool)."""

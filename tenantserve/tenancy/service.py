@@ -109,6 +109,11 @@ class TenancyService:
         async with self._uow() as uow:
             return await uow.tenants.list()
 
+    async def placed_pools(self) -> set[str]:
+        """The dedicated pools at least one tenant is placed on (`tenantserve tenant move`)."""
+        async with self._uow() as uow:
+            return await uow.tenants.placed_pools()
+
     async def update_tenant(
         self,
         tenant_id: str,

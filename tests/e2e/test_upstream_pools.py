@@ -104,6 +104,17 @@ async def test_chat_is_forwarded_and_rewritten(pools: Pools) -> None:
     assert timing.startswith("admission;dur=") and ", upstream;dur=" in timing
 
 
+async def test_a_clients_priority_and_cache_salt_never_reach_the_upstream(pools: Pools) -> None:
+    await pools.sdk(pools.acme).chat.completions.create(
+        model="ext-model",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"priority": -100, "cache_salt": "someone-elses", "top_k": 3},
+    )
+    sent = pools.shared.requests[-1]
+    assert "priority" not in sent and "cache_salt" not in sent
+    assert sent["top_k"] == 3  # other fields pass through
+
+
 async def test_max_completion_tokens_is_kept_and_a_missing_max_tokens_is_the_tier_cap(
     pools: Pools,
 ) -> None:

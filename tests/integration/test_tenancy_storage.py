@@ -173,6 +173,22 @@ async def test_created_tenants_are_listed_and_read_back(
     assert read.created_at == a.created_at and read.created_at.tzinfo is not None
 
 
+async def test_placed_pools_are_the_dedicated_pools_some_tenant_is_on(
+    service: TenancyService,
+) -> None:
+    a = await service.create_tenant("Acme", "premium", "us")
+    b = await service.create_tenant("Beta", "premium", "us")
+    await service.create_tenant("Gamma", "standard", "us")
+    assert await service.placed_pools() == set()
+    await service.update_tenant(a.id, pool="gold")
+    await service.update_tenant(b.id, pool="gold")
+    assert await service.placed_pools() == {"gold"}
+    await service.update_tenant(a.id, pool=None)
+    assert await service.placed_pools() == {"gold"}  # b is still on it
+    await service.update_tenant(b.id, pool="silver")
+    assert await service.placed_pools() == {"silver"}
+
+
 async def test_update_changes_tier_region_limits_and_status_durably(
     service: TenancyService,
 ) -> None:
