@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tenantserve.config import CacheConfig, EngineConfig, LoraConfig, SchedulerConfig  # noqa: E402
+from tenantserve.engine.config import CacheConfig, EngineConfig, LoraConfig, SchedulerConfig  # noqa: E402
 from tenantserve.engine.engine import LLMEngine  # noqa: E402
 from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
 from tenantserve.engine.models.llama import LlamaConfig  # noqa: E402

@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from tenantserve.bootstrap import open_tenancy  # noqa: E402
-from tenantserve.config import SchedulerConfig  # noqa: E402
+from tenantserve.engine.config import SchedulerConfig  # noqa: E402
 from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
 from tenantserve.tiers import Tier  # noqa: E402
 from tests.helpers.models import write_tiny_llama  # noqa: E402

@@ -33,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tenantserve.config import CacheConfig, EngineConfig, LoraConfig, RayConfig  # noqa: E402
+from tenantserve.config import RayConfig  # noqa: E402
+from tenantserve.engine.config import CacheConfig, EngineConfig, LoraConfig  # noqa: E402
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams  # noqa: E402
 from tenantserve.engine_ray.client import RayServeEngineClient  # noqa: E402
 from tenantserve.engine_ray.deploy import RayPoolDeployment  # noqa: E402

@@ -68,8 +68,9 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 from tenantserve.admission import LocalRateLimiter  # noqa: E402
 from tenantserve.admission.policy import PolicyConfig  # noqa: E402
 from tenantserve.bootstrap import Tenancy, open_tenancy  # noqa: E402
-from tenantserve.config import CacheConfig, EngineConfig, Settings  # noqa: E402
+from tenantserve.config import Settings  # noqa: E402
 from tenantserve.engine.client import AsyncEngineClient  # noqa: E402
+from tenantserve.engine.config import CacheConfig, EngineConfig  # noqa: E402
 from tenantserve.engine.models.convert import ensure_default_model  # noqa: E402
 from tenantserve.engine.tokenizer import Tokenizer  # noqa: E402
 from tenantserve.gateway.catalog import SHARED_POOL  # noqa: E402

@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 
 from tenantserve.admission.quota_ledger import PeriodCounters, check_counts, usage_for
 from tenantserve.admission.quotas import Quota, QuotaPeriod, QuotaUsage
-from tenantserve.metering.store import Counters, Granularity, UsageStore, truncate
+from tenantserve.metering.report import Counters, Granularity, truncate
+from tenantserve.metering.store import UsageStore
 
 logger = logging.getLogger(__name__)
 

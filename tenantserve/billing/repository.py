@@ -36,7 +36,7 @@ from tenantserve.billing.tables import (
 )
 from tenantserve.errors import InvalidRequestError
 from tenantserve.metering.events import UsageEvent, UsageStatus
-from tenantserve.metering.store import Granularity, truncate
+from tenantserve.metering.report import Granularity, truncate
 from tenantserve.metering.tables import usage_buckets, usage_events
 from tenantserve.tenancy.tables import tenant_tier_changes
 from tenantserve.tiers import Tier

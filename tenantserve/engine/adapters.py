@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
-from tenantserve.config import LoraConfig
+from tenantserve.engine.config import LoraConfig
 from tenantserve.engine.layers.lora import LoraWeights
 from tenantserve.engine.lora_files import (
     WEIGHTS_FILE,

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from tenantserve.config import EngineConfig
+from tenantserve.engine.config import EngineConfig
 from tenantserve.engine.incarnation import Incarnation
 from tenantserve.engine.process import (
     AbortRequest,

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from tenantserve.config import EngineConfig
 from tenantserve.engine.adapters import AdapterManager, AdapterStats
 from tenantserve.engine.block_pool import BlockPool, BlockPoolStats
+from tenantserve.engine.config import EngineConfig
 from tenantserve.engine.layers.decode_kernel import DecodeKernel, load_decode_kernel
 from tenantserve.engine.layers.lora import LoraWeights, apply_lora
 from tenantserve.engine.layers.onednn import onednn_available, pack_linears

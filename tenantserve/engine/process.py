@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING
 
-from tenantserve.config import EngineConfig
+from tenantserve.engine.config import EngineConfig
 from tenantserve.engine.request import EngineRequest, FinishReason, RequestOutput
 from tenantserve.errors import InvalidRequestError
 

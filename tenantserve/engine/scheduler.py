@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from tenantserve.config import SchedulerConfig
 from tenantserve.engine.block_pool import BlockHash, BlockPool, hash_block, hash_root
+from tenantserve.engine.config import SchedulerConfig
 from tenantserve.engine.request import LoraRef, Sequence, SequenceStatus
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tenantserve.config import EngineConfig
+from tenantserve.engine.config import EngineConfig
 from tenantserve.errors import ConfigError
 from tenantserve.ray_config import RayConfig
 

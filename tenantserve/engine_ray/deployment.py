@@ -28,8 +28,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Deployment
 
-from tenantserve.config import EngineConfig
 from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.config import EngineConfig
 from tenantserve.engine.request import EngineRequest, LoraRef
 from tenantserve.engine_ray.messages import Placement, ReplicaOutput, ReplicaStats
 from tenantserve.errors import EngineError, InvalidRequestError

@@ -26,7 +26,7 @@ from tenantserve.engine.request import LoraRef
 from tenantserve.gateway.pools import Pool
 from tenantserve.gateway.request_log import RequestRecord
 from tenantserve.metering.events import UsageEvent, UsageStatus
-from tenantserve.scheduling.fair_queue import Grant
+from tenantserve.scheduling.queue_types import Grant
 from tenantserve.tenancy.model import TenantContext
 
 if TYPE_CHECKING:

@@ -7,7 +7,9 @@ the pool's backend.
     limiter.reserve()   RPM + TPM (prompt + max_tokens) + slot         -> 429 / 503 + Retry-After
     queue.acquire()     tier priority, VTC fair share (the pool's)    -> QueueFull 429 / Shed 503
     backend             engine: tenant id, scheduled tier, tenant cache salt
+                        (`gateway/engine_start.py`)
                         upstream: the request forwarded, usage from its reply
+                        (`gateway/upstream_forward.py`)
 
 All of it happens before any model work. The result of the first three is an
 `Admission`; when it closes, however the request ended (finished, failed, client gone),
@@ -35,10 +37,10 @@ from tenantserve.admission.policy import (
 )
 from tenantserve.admission.quota_ledger import QuotaLedger
 from tenantserve.admission.quota_ledger_local import LocalQuotaLedger
-from tenantserve.engine.request import EngineRequest, SamplingParams
-from tenantserve.errors import EngineError, InvalidRequestError
-from tenantserve.gateway.admitted import FAILED_AT_START, NEVER_RAN, Admission, Outcome
+from tenantserve.errors import InvalidRequestError
+from tenantserve.gateway.admitted import Admission
 from tenantserve.gateway.catalog import ModelCatalog
+from tenantserve.gateway.engine_start import sampling_for, start_generation
 from tenantserve.gateway.errors import (
     ApiError,
     api_error_from_denied,
@@ -46,18 +48,17 @@ from tenantserve.gateway.errors import (
     api_error_from_reject,
 )
 from tenantserve.gateway.events import EventLog
-from tenantserve.gateway.pools import EnginePool, Pool
+from tenantserve.gateway.pools import Pool
 from tenantserve.gateway.quota_gate import QuotaGate
 from tenantserve.gateway.request_log import RequestLog, rejected_record
 from tenantserve.gateway.resolver import ModelResolver, Resolved
 from tenantserve.gateway.schemas import ChatCompletionRequest, CompletionRequest
 from tenantserve.gateway.shadow import ShadowMirror
 from tenantserve.gateway.streaming import Generation
-from tenantserve.metering.events import UsageStatus
 from tenantserve.metering.meter import Meter
 from tenantserve.registry.adapters import adapter_rollout_key, parse_adapter_ref
 from tenantserve.registry.rollout_service import RolloutService
-from tenantserve.scheduling.fair_queue import Overloaded, Ticket
+from tenantserve.scheduling.queue_types import Overloaded, Ticket
 from tenantserve.tenancy.model import TenantContext
 
 if TYPE_CHECKING:
@@ -66,26 +67,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Body = ChatCompletionRequest | CompletionRequest
-
-
-def is_failure(e: BaseException) -> bool:
-    """Whether a request that raised `e` failed on our side (a 5xx: engine, upstream), as
-    opposed to the client's mistake or departure."""
-    if isinstance(e, ApiError):
-        return e.status >= 500
-    return isinstance(e, EngineError)
-
-
-def sampling_for(admission: Admission, body: Body) -> SamplingParams:
-    """The engine's sampling parameters of an admitted request (its admitted max_tokens)."""
-    return SamplingParams(
-        max_tokens=admission.max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
-        seed=body.seed,
-        stop=body.stop_sequences(),
-    )
 
 
 def rate_limits_for(ctx: TenantContext) -> RateLimits:
@@ -350,72 +331,7 @@ class Dispatcher:
     ) -> Generation:
         """Admit a tokenized request and start it on a built-in engine pool."""
         admission = await self.admit(ctx, request_id, body, len(prompt), prompt_param)
-        return await self.start_generation(admission, body, prompt)
-
-    async def start_generation(
-        self, admission: Admission, body: Body, prompt: Sequence[int]
-    ) -> Generation:
-        """The started generation on the admitted engine pool; closing it closes the
-        admission. Raises what the engine raised at start (the admission closed)."""
-        pool = admission.pool
-        if not isinstance(pool, EnginePool):
-            await admission.close(NEVER_RAN)
-            raise TypeError(f"pool {pool.name} is not an engine pool")
-        try:
-            sampling = sampling_for(admission, body)
-        except InvalidRequestError:
-            await admission.close(NEVER_RAN)  # its seat and rate-limit slot back
-            raise
-        request = EngineRequest(
-            request_id=admission.request_id,
-            prompt_token_ids=tuple(prompt),
-            sampling=sampling,
-            tenant_id=admission.ctx.tenant_id,
-            tier=admission.grant.tier,
-            lora=admission.lora,
-            cache_salt=admission.ctx.tenant_id,
-        )
-
-        async def release(generation: Generation) -> None:
-            if generation.start_error is not None:  # never produced anything
-                failed = is_failure(generation.start_error)
-                await admission.close(FAILED_AT_START if failed else NEVER_RAN)
-                return
-            usage = generation.usage()
-            metrics = generation.metrics
-            ttft_s = metrics.ttft_s if metrics else None
-            if generation.failed:
-                status = UsageStatus.ERROR
-            elif metrics is None:  # aborted: the client left, or the stream was closed
-                status = UsageStatus.CANCELLED
-            else:
-                status = UsageStatus.COMPLETED
-            text = generation.text_parts
-            await admission.close(
-                Outcome(
-                    completion_text="".join(text) if text is not None else None,
-                    adapter_wait_s=metrics.adapter_wait_s if metrics else None,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    cached_tokens=usage.prompt_tokens_details.cached_tokens,
-                    ttft_s=ttft_s,
-                    first_token_at=generation.first_token_at,
-                    engine_s=metrics.engine_time_s if metrics else 0.0,
-                    status=status,
-                    engine_queue_s=metrics.queue_time_s if metrics else None,
-                    preemptions=metrics.num_preemptions if metrics else 0,
-                )
-            )
-
-        try:
-            generation = await Generation.start(pool.engine, request, on_close=release)
-        except BaseException as e:
-            # A no-op when `release` ran.
-            await admission.close(FAILED_AT_START if is_failure(e) else NEVER_RAN)
-            raise
-        if admission.ctx.log_content:
-            generation.text_parts = []  # the text is kept for the request record
-        return generation
+        return await start_generation(admission, body, prompt)
 
     async def _commit(self, reservation: Reservation, actual_tokens: int) -> None:
         try:

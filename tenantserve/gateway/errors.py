@@ -53,7 +53,7 @@ from tenantserve.errors import (
     TenantSuspendedError,
 )
 from tenantserve.gateway.schemas import ErrorDetail, ErrorResponse
-from tenantserve.scheduling.fair_queue import Overloaded, QueueFull
+from tenantserve.scheduling.queue_types import Overloaded, QueueFull
 
 logger = logging.getLogger(__name__)
 

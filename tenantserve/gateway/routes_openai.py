@@ -6,11 +6,9 @@
     POST /v1/completions          prompt (text or token ids) -> dispatcher -> pool backend
 
 On an engine pool the gateway tokenizes (the count admission checks is exact); on an
-upstream pool the client's JSON is forwarded (`gateway/upstream.py`) and the prompt is
-counted with the model's tokenizer when the gateway has it, else estimated from its
-length (the reservation is corrected by the upstream's usage). Fields a backend schedules
-or caches by (`GATEWAY_OWNED_FIELDS`) are the gateway's: a client's are dropped, and a vLLM
-pool sets the tenant's own.
+upstream pool the client's JSON is forwarded (`gateway/upstream_forward.py`) and the
+prompt is counted with the model's tokenizer when the gateway has it, else estimated from
+its length (the reservation is corrected by the upstream's usage).
 
 A completion's `id` is `chatcmpl-<request id>` / `cmpl-<request id>`, the same id the
 `x-request-id` header carries. Outputs leave whole or as server-sent events
@@ -20,22 +18,19 @@ A completion's `id` is `chatcmpl-<request id>` / `cmpl-<request id>`, the same i
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncGenerator
 
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from starlette.background import BackgroundTask
 
 from tenantserve.engine.tokenizer import Tokenizer
-from tenantserve.gateway.admitted import FAILED_AT_START, NEVER_RAN, Admission, Outcome
+from tenantserve.gateway.admitted import NEVER_RAN, Admission
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.catalog import ModelCatalog
-from tenantserve.gateway.dispatch import Body, Dispatcher, is_failure
+from tenantserve.gateway.dispatch import Body, Dispatcher
+from tenantserve.gateway.engine_start import start_generation
 from tenantserve.gateway.errors import ApiError, parse_json
 from tenantserve.gateway.middleware import request_id
 from tenantserve.gateway.pools import UpstreamPool
@@ -56,20 +51,13 @@ from tenantserve.gateway.schemas import (
     Usage,
 )
 from tenantserve.gateway.streaming import (
-    EventStream,
     Generation,
-    await_while_connected,
     collect_while_connected,
     openai_finish_reason,
     sse,
 )
-from tenantserve.gateway.upstream import UpstreamUsage
-from tenantserve.metering.events import UsageStatus
+from tenantserve.gateway.upstream_forward import forward, server_timing
 from tenantserve.tenancy.model import TenantContext
-
-# vLLM's `priority` would let a client jump its tier; its `cache_salt` would let it pick
-# the prefix-cache partition it shares. Neither is forwarded as the client sent it.
-GATEWAY_OWNED_FIELDS = ("priority", "cache_salt")
 
 
 class OpenAIRoutes:
@@ -122,11 +110,13 @@ class OpenAIRoutes:
         num_prompt = len(prompt) if prompt is not None else body.estimated_prompt_tokens()
         admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "messages", resolved)
         if isinstance(admission.pool, UpstreamPool):
-            return await self._forward(request, admission, raw, body, "/chat/completions")
+            return await forward(
+                request, self.dispatcher, admission, raw, body, "/chat/completions"
+            )
         outputs = await self._start(admission, body, prompt)
         completion_id, created = f"chatcmpl-{rid}", int(time.time())
         model = admission.decision.route.target
-        headers = _server_timing(admission)
+        headers = server_timing(admission)
         if body.stream:
             chunks = self._chat_chunks(outputs, body, completion_id, created, model)
             return sse(outputs, chunks, headers)
@@ -163,11 +153,11 @@ class OpenAIRoutes:
         num_prompt = len(prompt) if prompt is not None else body.estimated_prompt_tokens()
         admission = await self.dispatcher.admit(ctx, rid, body, num_prompt, "prompt", resolved)
         if isinstance(admission.pool, UpstreamPool):
-            return await self._forward(request, admission, raw, body, "/completions")
+            return await forward(request, self.dispatcher, admission, raw, body, "/completions")
         outputs = await self._start(admission, body, prompt)
         completion_id, created = f"cmpl-{rid}", int(time.time())
         model = admission.decision.route.target
-        headers = _server_timing(admission)
+        headers = server_timing(admission)
         if body.stream:
             chunks = self._completion_chunks(outputs, body, completion_id, created, model)
             return sse(outputs, chunks, headers)
@@ -196,103 +186,7 @@ class OpenAIRoutes:
         if prompt is None:  # an engine pool always has its model's tokenizer
             await admission.close(NEVER_RAN)
             raise ApiError(500, "no tokenizer for an engine-served model", "server_error")
-        return await self.dispatcher.start_generation(admission, body, prompt)
-
-    async def _forward(
-        self, request: Request, admission: Admission, raw: bytes, body: Body, path: str
-    ) -> Response:
-        """Run an admitted request on its upstream pool: the client's own JSON forwarded
-        with the upstream's model name and the admitted max_tokens, less the fields only
-        the gateway may set."""
-        pool = admission.pool
-        assert isinstance(pool, UpstreamPool)
-        target = admission.decision.route.target
-        payload = json.loads(raw)
-        for field in GATEWAY_OWNED_FIELDS:  # a vLLM pool sets its own in prepare()
-            payload.pop(field, None)
-        payload["model"] = pool.upstream_name(target)
-        if "max_completion_tokens" in payload:
-            payload["max_completion_tokens"] = admission.max_tokens
-        if "max_completion_tokens" not in payload or "max_tokens" in payload:
-            payload["max_tokens"] = admission.max_tokens
-        prefix = "chatcmpl" if path == "/chat/completions" else "cmpl"
-        rewrite = {"id": f"{prefix}-{admission.request_id}", "model": target}
-        started = time.perf_counter()
-        try:  # the backend's own fields (a vLLM pool: tenant salt, priority, adapter)
-            release = await pool.prepare(payload, admission.ctx, admission.lora)
-        except BaseException as e:
-            await admission.close(_failed(e))
-            raise
-        if body.stream:
-            return await self._forward_stream(
-                admission, pool, path, payload, rewrite, body, release
-            )
-        try:
-            reply = await await_while_connected(
-                request, pool.upstream.complete(path, payload, admission.request_id, rewrite)
-            )
-        except BaseException as e:
-            await admission.close(_failed(e))
-            raise
-        finally:
-            release()
-        upstream_s = time.perf_counter() - started
-        if self.dispatcher.mirrors(admission):  # only then is the reply read again
-            text = _reply_text(reply.body)
-            self.dispatcher.mirror(admission, body, raw, None, path, text)
-        outcome = _upstream_outcome(admission, reply.usage, upstream_s, UsageStatus.COMPLETED)
-        if admission.ctx.log_content:
-            outcome = replace(outcome, completion_text=_reply_text(reply.body))
-        await admission.meter(outcome)  # the usage event is durable before the answer
-        headers = _server_timing(admission, upstream_s)
-        # The commit (a Redis round trip) runs after the response has left.
-        done = BackgroundTask(admission.close, outcome)
-        return Response(reply.body, media_type="application/json", headers=headers, background=done)
-
-    async def _forward_stream(
-        self,
-        admission: Admission,
-        pool: UpstreamPool,
-        path: str,
-        payload: dict[str, Any],
-        rewrite: dict[str, str],
-        body: Body,
-        release: Callable[[], None],
-    ) -> Response:
-        usage: list[UpstreamUsage] = []
-        started = time.perf_counter()
-        try:
-            events = await pool.upstream.stream(
-                path, payload, admission.request_id, rewrite, body.include_usage, usage
-            )
-        except BaseException as e:
-            release()
-            await admission.close(_failed(e))
-            raise
-
-        async def relay() -> AsyncGenerator[bytes, None]:
-            ttft_s: float | None = None
-            status = UsageStatus.CANCELLED  # unless the stream runs to its end
-            chunks = 0  # what a stream cut short is billed for: a token per chunk sent
-            try:
-                async for event in events:
-                    if ttft_s is None:
-                        ttft_s = time.perf_counter() - started
-                    yield event
-                    chunks += 1
-                status = UsageStatus.COMPLETED
-            except BaseException as e:
-                if is_failure(e):
-                    status = UsageStatus.ERROR
-                raise
-            finally:
-                await events.aclose()
-                release()
-                used = usage[-1] if usage else None
-                outcome = _upstream_outcome(admission, used, ttft_s, status, chunks)
-                await admission.close(outcome)
-
-        return EventStream(relay(), _server_timing(admission))
+        return await start_generation(admission, body, prompt)
 
     async def _authenticate(self, request: Request) -> TenantContext:
         return await self.auth.authenticate(request.headers.get("authorization"))
@@ -352,58 +246,5 @@ class OpenAIRoutes:
         return ModelCard(id=model_id, created=self.catalog.created(model_id))
 
 
-def _reply_text(body: bytes) -> str | None:
-    """The text of an upstream's (rewritten) completion, for shadow comparison."""
-    try:
-        choice = json.loads(body)["choices"][0]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    message = choice.get("message")
-    return str((message or {}).get("content") or choice.get("text") or "")
-
-
 def _json(body: BaseModel, headers: dict[str, str] | None = None) -> Response:
     return Response(body.model_dump_json(), media_type="application/json", headers=headers)
-
-
-def _failed(e: BaseException) -> Outcome:
-    """The outcome of a forward that raised before any answer."""
-    return FAILED_AT_START if is_failure(e) else NEVER_RAN
-
-
-def _upstream_outcome(
-    admission: Admission,
-    usage: UpstreamUsage | None,
-    ttft_s: float | None,
-    status: UsageStatus,
-    chunks_sent: int | None = None,
-) -> Outcome:
-    """What an upstream request used: the upstream's own usage report, else our estimate
-    (the prompt as counted at admission; a token per chunk sent of a stream cut short,
-    else max_tokens)."""
-    first_token_at = admission.started_wall + admission.admission_s + ttft_s if ttft_s else None
-    if usage is None:
-        sent = admission.max_tokens if chunks_sent is None else chunks_sent
-        return Outcome(
-            prompt_tokens=admission.num_prompt_tokens,
-            completion_tokens=min(sent, admission.max_tokens),
-            ttft_s=ttft_s,
-            first_token_at=first_token_at,
-            status=status,
-        )
-    return Outcome(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens,
-        ttft_s=ttft_s,
-        first_token_at=first_token_at,
-        status=status,
-    )
-
-
-def _server_timing(admission: Admission, upstream_s: float | None = None) -> dict[str, str]:
-    """The `server-timing` header: time in admission (and at the upstream), in ms."""
-    timing = f"admission;dur={admission.admission_s * 1000:.3f}"
-    if upstream_s is not None:
-        timing += f", upstream;dur={upstream_s * 1000:.3f}"
-    return {**admission.headers, "server-timing": timing}

@@ -23,7 +23,8 @@ from tenantserve.audit import actions
 from tenantserve.audit.recorder import ADMIN_ACTOR, AuditRecorder, NullRecorder
 from tenantserve.gateway.auth import Authenticator, check_admin
 from tenantserve.gateway.errors import ApiError
-from tenantserve.metering.store import Granularity, UsageStore, truncate
+from tenantserve.metering.report import Granularity, truncate
+from tenantserve.metering.store import UsageStore
 
 # The largest window a request may read, per granularity (bounded answers).
 MAX_WINDOW = {

@@ -17,14 +17,14 @@ the events go in as one array per column (`INSERT ... SELECT FROM unnest(...) ON
 DO NOTHING RETURNING event_id`), then the buckets of the returned (new) events are
 upserted the same way. Both are prepared once per connection and cost a few microseconds
 per event (the SQLAlchemy multi-VALUES insert cost ~300 µs of client CPU per event).
+The rows, arrays and statements are built in `rows.py`; `usage` answers in the
+vocabulary of `report.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -34,163 +34,28 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tenantserve.errors import InvalidRequestError
-from tenantserve.metering.events import UsageEvent, UsageStatus
+from tenantserve.metering.events import UsageEvent
+from tenantserve.metering.report import (
+    COUNTERS,
+    Counters,
+    Granularity,
+    UsageBucket,
+    UsageReport,
+    truncate,
+)
+from tenantserve.metering.rows import (
+    BUCKET_KEY,
+    PG_INSERT_EVENTS,
+    PG_UPSERT_BUCKETS,
+    bucket_columns,
+    bucket_rows,
+    event_columns,
+    event_row,
+)
 from tenantserve.metering.tables import usage_buckets, usage_events
 
-COUNTERS = (
-    "requests",
-    "errors",
-    "cancelled",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "engine_seconds",
-)
-_KEY = ("tenant_id", "granularity", "bucket_start", "model", "adapter", "tier")
 # Rows per INSERT statement (SQLite allows 32,766 bound parameters; 18 columns each).
 _CHUNK = 1_000
-
-
-class Granularity(StrEnum):
-    MINUTE = "minute"
-    HOUR = "hour"
-    DAY = "day"
-    MONTH = "month"
-
-    @property
-    def stored(self) -> str:
-        """The bucket table it is read from (days and months sum hours)."""
-        return "minute" if self is Granularity.MINUTE else "hour"
-
-
-def truncate(t: datetime, granularity: Granularity) -> datetime:
-    """The start of the UTC bucket of `granularity` containing `t`."""
-    t = t.astimezone(UTC)
-    if granularity is Granularity.MINUTE:
-        return t.replace(second=0, microsecond=0)
-    if granularity is Granularity.HOUR:
-        return t.replace(minute=0, second=0, microsecond=0)
-    if granularity is Granularity.DAY:
-        return t.replace(hour=0, minute=0, second=0, microsecond=0)
-    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-@dataclass
-class Counters:
-    requests: int = 0
-    errors: int = 0
-    cancelled: int = 0
-    input_tokens: int = 0
-    cached_input_tokens: int = 0
-    output_tokens: int = 0
-    engine_seconds: float = 0.0
-
-    def add_event(self, e: UsageEvent) -> None:
-        self.requests += 1
-        self.errors += e.status is UsageStatus.ERROR
-        self.cancelled += e.status is UsageStatus.CANCELLED
-        self.input_tokens += e.billable_input_tokens
-        self.cached_input_tokens += e.billable_cached_input_tokens
-        self.output_tokens += e.billable_output_tokens
-        self.engine_seconds += e.engine_seconds
-
-    def add(self, other: Counters) -> None:
-        for name in COUNTERS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: getattr(self, name) for name in COUNTERS}
-        out["engine_seconds"] = round(self.engine_seconds, 6)
-        return out
-
-
-@dataclass
-class UsageBucket:
-    start: datetime
-    model: str
-    adapter: str
-    counters: Counters = field(default_factory=Counters)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start.isoformat(),
-            "model": self.model,
-            "adapter": self.adapter or None,
-            **self.counters.to_dict(),
-        }
-
-
-@dataclass
-class UsageReport:
-    tenant_id: str
-    start: datetime
-    end: datetime
-    granularity: Granularity
-    buckets: list[UsageBucket]
-    total: Counters
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "object": "usage",
-            "tenant_id": self.tenant_id,
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "granularity": self.granularity.value,
-            "data": [b.to_dict() for b in self.buckets],
-            "total": self.total.to_dict(),
-        }
-
-
-_BucketKey = tuple[str, str, datetime, str, str, str]  # in `_KEY` order
-
-
-def bucket_rows(events: Iterable[UsageEvent]) -> list[dict[str, Any]]:
-    """The minute and hour bucket increments of `events`, one row per key, in key order."""
-    return [
-        {**dict(zip(_KEY, key, strict=True)), **dict(zip(COUNTERS, sums, strict=True))}
-        for key, sums in _bucket_sums(events)
-    ]
-
-
-def _bucket_sums(events: Iterable[UsageEvent]) -> list[tuple[_BucketKey, list[Any]]]:
-    """`bucket_rows` as (key, sums in `COUNTERS` order) pairs, without the per-event
-    objects (`Counters.add_event` is the reference; this is the aggregator's hot loop)."""
-    sums: dict[_BucketKey, list[Any]] = {}
-    error, cancelled = UsageStatus.ERROR, UsageStatus.CANCELLED
-    for e in events:
-        minute = e.ended.replace(second=0, microsecond=0)  # `ended` is UTC already
-        hour = minute.replace(minute=0)
-        status = e.status
-        billed = status is not error or e.output_tokens > 0
-        is_error = 1 if status is error else 0
-        is_cancelled = 1 if status is cancelled else 0
-        input_tokens = e.input_tokens if billed else 0
-        cached_tokens = e.cached_input_tokens if billed else 0
-        output_tokens = e.output_tokens if billed else 0
-        for key in (
-            (e.tenant_id, "minute", minute, e.model, e.adapter, e.tier),
-            (e.tenant_id, "hour", hour, e.model, e.adapter, e.tier),
-        ):
-            row = sums.get(key)
-            if row is None:
-                sums[key] = [
-                    1,
-                    is_error,
-                    is_cancelled,
-                    input_tokens,
-                    cached_tokens,
-                    output_tokens,
-                    e.engine_seconds,
-                ]
-            else:
-                row[0] += 1
-                row[1] += is_error
-                row[2] += is_cancelled
-                row[3] += input_tokens
-                row[4] += cached_tokens
-                row[5] += output_tokens
-                row[6] += e.engine_seconds
-    return sorted(sums.items(), key=lambda kv: kv[0])
 
 
 def _counters(row: Any) -> Counters:
@@ -198,104 +63,6 @@ def _counters(row: Any) -> Counters:
     values: dict[str, Any] = {c: int(getattr(row, c) or 0) for c in COUNTERS}
     values["engine_seconds"] = float(row.engine_seconds or 0.0)
     return Counters(**values)
-
-
-def _event_row(e: UsageEvent, now: datetime) -> dict[str, Any]:
-    row = e.to_dict()
-    row["started_at"] = datetime.fromtimestamp(e.started_at, UTC)
-    row["first_token_at"] = (
-        None if e.first_token_at is None else datetime.fromtimestamp(e.first_token_at, UTC)
-    )
-    row["ended_at"] = e.ended
-    row["recorded_at"] = now
-    return row
-
-
-_EVENT_COLUMNS = (
-    ("event_id", "text"),
-    ("request_id", "text"),
-    ("tenant_id", "text"),
-    ("model", "text"),
-    ("adapter", "text"),
-    ("pool", "text"),
-    ("region", "text"),
-    ("tier", "text"),
-    ("status", "text"),
-    ("input_tokens", "int8"),
-    ("cached_input_tokens", "int8"),
-    ("output_tokens", "int8"),
-    ("started_at", "float8"),  # Unix seconds, to_timestamp() in the statement
-    ("first_token_at", "float8"),
-    ("ended_at", "float8"),
-    ("engine_seconds", "float8"),
-)
-_TIME_COLUMNS = ("started_at", "first_token_at", "ended_at")
-_BUCKET_COLUMNS = (
-    ("tenant_id", "text"),
-    ("granularity", "text"),
-    ("bucket_start", "timestamptz"),
-    ("model", "text"),
-    ("adapter", "text"),
-    ("tier", "text"),
-    ("requests", "int8"),
-    ("errors", "int4"),
-    ("cancelled", "int4"),
-    ("input_tokens", "int8"),
-    ("cached_input_tokens", "int8"),
-    ("output_tokens", "int8"),
-    ("engine_seconds", "float8"),
-)
-
-
-def _unnest(columns: tuple[tuple[str, str], ...]) -> str:
-    return "unnest(" + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(columns, 1)) + ")"
-
-
-_PG_INSERT_EVENTS = (
-    f"INSERT INTO usage_events ({', '.join(c for c, _ in _EVENT_COLUMNS)}, recorded_at) "
-    "SELECT "
-    + ", ".join(
-        f"to_timestamp(u.{c})" if c in _TIME_COLUMNS else f"u.{c}" for c, _ in _EVENT_COLUMNS
-    )
-    + f", ${len(_EVENT_COLUMNS) + 1}::timestamptz "
-    f"FROM {_unnest(_EVENT_COLUMNS)} AS u({', '.join(c for c, _ in _EVENT_COLUMNS)}) "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-)
-_PG_UPSERT_BUCKETS = (
-    f"INSERT INTO usage_buckets ({', '.join((*_KEY, *COUNTERS))}) "
-    f"SELECT * FROM {_unnest(_BUCKET_COLUMNS)} "
-    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = usage_buckets.{c} + excluded.{c}" for c in COUNTERS)
-)
-
-
-def _event_columns(events: list[UsageEvent]) -> list[list[Any]]:
-    """The events as one list per column of `_EVENT_COLUMNS` (asyncpg arrays)."""
-    return [
-        [e.event_id for e in events],
-        [e.request_id for e in events],
-        [e.tenant_id for e in events],
-        [e.model for e in events],
-        [e.adapter for e in events],
-        [e.pool for e in events],
-        [e.region for e in events],
-        [e.tier for e in events],
-        [e.status.value for e in events],
-        [e.input_tokens for e in events],
-        [e.cached_input_tokens for e in events],
-        [e.output_tokens for e in events],
-        [e.started_at for e in events],
-        [e.first_token_at for e in events],
-        [e.ended_at for e in events],
-        [e.engine_seconds for e in events],
-    ]
-
-
-def _bucket_columns(events: list[UsageEvent]) -> list[list[Any]]:
-    """The buckets of `events` as one list per column of `_BUCKET_COLUMNS`, in key order."""
-    sums = _bucket_sums(events)
-    keys = [[key[i] for key, _ in sums] for i in range(len(_KEY))]
-    return keys + [[row[i] for _, row in sums] for i in range(len(COUNTERS))]
 
 
 class UsageStore:
@@ -336,19 +103,19 @@ class UsageStore:
             raw = await conn.get_raw_connection()
             pg: asyncpg.Connection = raw.driver_connection
             async with pg.transaction():
-                rows = await pg.fetch(_PG_INSERT_EVENTS, *_event_columns(events), now)
+                rows = await pg.fetch(PG_INSERT_EVENTS, *event_columns(events), now)
                 if not rows:
                     return 0
                 fresh = {r[0] for r in rows}
                 new = [e for e in events if e.event_id in fresh]
-                await pg.execute(_PG_UPSERT_BUCKETS, *_bucket_columns(new))
+                await pg.execute(PG_UPSERT_BUCKETS, *bucket_columns(new))
         return len(fresh)
 
     async def _insert_new(self, conn: AsyncConnection, events: list[UsageEvent]) -> set[str]:
         now = datetime.now(UTC)
         fresh: set[str] = set()
         for i in range(0, len(events), _CHUNK):
-            rows = [_event_row(e, now) for e in events[i : i + _CHUNK]]
+            rows = [event_row(e, now) for e in events[i : i + _CHUNK]]
             stmt = (
                 self._dialect.insert(usage_events)
                 .values(rows)
@@ -363,7 +130,7 @@ class UsageStore:
             stmt = self._dialect.insert(usage_buckets).values(rows[i : i + _CHUNK])
             excluded = stmt.excluded
             stmt = stmt.on_conflict_do_update(
-                index_elements=list(_KEY),
+                index_elements=list(BUCKET_KEY),
                 set_={c: usage_buckets.c[c] + excluded[c] for c in COUNTERS},
             )
             await conn.execute(stmt)
@@ -447,10 +214,3 @@ class UsageStore:
             query = query.where(usage_events.c.tenant_id == tenant_id)
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
-
-
-def period_start(now: datetime, days: int = 0) -> datetime:
-    """Helper for quota periods: the UTC day (days=1) or month (days=0) containing now."""
-    if days:
-        return truncate(now, Granularity.DAY) - timedelta(days=days - 1)
-    return truncate(now, Granularity.MONTH)

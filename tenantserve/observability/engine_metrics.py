@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.gateway.pools import EnginePool, Pool
-from tenantserve.scheduling.fair_queue import FairQueueStats
+from tenantserve.scheduling.queue_types import FairQueueStats
 
 if TYPE_CHECKING:  # the engine module imports torch; the gateway only reads its stats
     from tenantserve.engine.engine import EngineStats

@@ -40,7 +40,7 @@ from tenantserve.observability.context import current_request
 from tenantserve.observability.engine_metrics import PoolCollector
 from tenantserve.observability.metrics import GatewayMetrics, TenantLabeler
 from tenantserve.observability.tracing import RequestTracer
-from tenantserve.scheduling.fair_queue import Overloaded, QueueFull
+from tenantserve.scheduling.queue_types import Overloaded, QueueFull
 from tenantserve.tenancy.model import TenantContext
 from tenantserve.tiers import Tier
 

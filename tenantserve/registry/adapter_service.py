@@ -6,10 +6,8 @@ leaves nothing behind (the upload's temporary directory is always removed):
 
     receive   parts streamed into `work_dir/<random>/` under the byte limit (413), or one
               archive unpacked safely (`archive.py`); pickle files refused
-    check     safetensors header (size, not truncated), adapter_config.json, the base model
-              it names (resolved for the tenant: another tenant's private version does not
-              exist), then every tensor against the base model's geometry and
-              `max_lora_rank`, finite values (`engine/lora_files.py`)
+    check     adapter_config.json, the safetensors header, the base model it names
+              (resolved for the tenant), every tensor against it (`adapter_check.py`)
     record    row `validating`, version n+1 over the name's newest version n (1 for a new
               name; refused while the newest is validating or a rollout of the name
               runs); the database's unique (tenant, name, version) decides between
@@ -29,6 +27,7 @@ leaves nothing behind (the upload's temporary directory is always removed):
 
 A `validating`, `failed` or superseded version is never routable; `resolve` returns the
 current version only (the gateway asks the rollout for the candidate's request ids).
+The engine loads a version from its verified local copy (`local_dir`, `adapter_copies.py`).
 """
 
 from __future__ import annotations
@@ -39,28 +38,15 @@ import logging
 import shutil
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tenantserve.engine.lora_files import CONFIG_FILE, WEIGHTS_FILE, read_adapter
-from tenantserve.engine.models.checkpoint import read_config
-from tenantserve.engine.models.llama import LlamaConfig
-from tenantserve.errors import (
-    AdapterError,
-    CheckpointError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-)
+from tenantserve.errors import InvalidRequestError, NotFoundError
+from tenantserve.registry.adapter_check import CheckedUpload, check_upload
+from tenantserve.registry.adapter_copies import AdapterCopies
 from tenantserve.registry.adapter_smoke import SmokeReport, SmokeTester
-from tenantserve.registry.adapter_upload import (
-    UploadPart,
-    check_safetensors_header,
-    read_config_json,
-    receive_upload,
-)
+from tenantserve.registry.adapter_upload import UploadPart, receive_upload
 from tenantserve.registry.adapters import (
     Adapter,
     AdapterExistsError,
@@ -71,14 +57,8 @@ from tenantserve.registry.adapters import (
     validate_adapter_name,
 )
 from tenantserve.registry.artifact_cache import ArtifactCache
-from tenantserve.registry.artifacts import (
-    ArtifactIntegrityError,
-    ArtifactStore,
-    fsync_dir,
-    hash_source,
-    scan_source,
-)
-from tenantserve.registry.model import ArtifactFile, ModelRef, ModelVersion, manifest_digest
+from tenantserve.registry.artifacts import ArtifactIntegrityError, ArtifactStore, scan_source
+from tenantserve.registry.model import manifest_digest
 from tenantserve.registry.repository import DuplicateAdapterError
 from tenantserve.registry.rollout_service import RolloutConflictError, RolloutService
 from tenantserve.registry.service import RegistryService, utc_now
@@ -92,17 +72,6 @@ INTERNAL_FAILURE_REPORT = "the upload could not be completed (internal error); u
 
 # on_event(kind, tenant_id, details): the operator's event log (`EventLog.append`).
 OnEvent = Callable[[str, str | None, Mapping[str, Any]], object]
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """An upload that passed every file check."""
-
-    base: ModelVersion
-    base_dir: Path
-    rank: int
-    target_modules: tuple[str, ...]
-    manifest: tuple[ArtifactFile, ...]
 
 
 def _no_event(kind: str, tenant_id: str | None, details: Mapping[str, Any]) -> None:
@@ -139,6 +108,7 @@ class AdapterService:
         self._smoke = smoke
         # Uploads in progress and local copies of ready adapters live below it.
         self.work_dir = Path(work_dir)
+        self._copies = AdapterCopies(cache.store, self.work_dir)
         self.max_adapter_bytes = max_adapter_bytes
         self.max_lora_rank = max_lora_rank
         self._on_event = on_event
@@ -179,7 +149,14 @@ class AdapterService:
         await asyncio.to_thread(files_dir.mkdir, parents=True)
         try:
             await asyncio.to_thread(receive_upload, parts, tmp, files_dir, self.max_adapter_bytes)
-            checked = await self._check(ctx, files_dir, base_model)
+            checked = await check_upload(
+                ctx,
+                files_dir,
+                base_model,
+                registry=self._registry,
+                cache=self._cache,
+                max_lora_rank=self.max_lora_rank,
+            )
             adapter = await self._record(ctx.tenant_id, name, version, checked)
             stored = await self._store_and_test(adapter, checked, files_dir)
             if stored.is_ready:
@@ -232,7 +209,7 @@ class AdapterService:
         self._changed(ctx.tenant_id, name)
         for version in deleted:
             await self.store.delete(self.store.key_of(version.artifact_uri))
-            await asyncio.to_thread(shutil.rmtree, self._local_path(version), True)
+            await self._copies.remove(version)
         return found
 
     async def fail_interrupted(self, older_than: timedelta = STALE_UPLOAD_AFTER) -> int:
@@ -274,20 +251,7 @@ class AdapterService:
     async def local_dir(self, adapter: Adapter) -> Path:
         """A verified local copy of the adapter's files (for the engine's `LoraRef.path`),
         pulled from the artifact store on first use."""
-        target = self._local_path(adapter)
-        if await asyncio.to_thread(_is_intact, target, adapter.files):
-            return target
-        tmp = self.work_dir / "uploads" / f"pull-{uuid.uuid4().hex}"
-        try:
-            key = self.store.key_of(adapter.artifact_uri)
-            for f in adapter.files:
-                got = await self.store.download(key, f.path, tmp / f.path)
-                if (got.size_bytes, got.sha256) != (f.size_bytes, f.sha256):
-                    raise ArtifactIntegrityError(f"adapter {adapter.id}: {f.path} is corrupt")
-            await asyncio.to_thread(_publish, tmp, target)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, tmp, True)
-        return target
+        return await self._copies.pull(adapter)
 
     # -- upload steps -------------------------------------------------------------------
 
@@ -342,45 +306,9 @@ class AdapterService:
                     await uow.adapters.update(old)
             await uow.commit()
 
-    async def _check(self, ctx: TenantContext, files_dir: Path, base_model: str | None) -> _Checked:
-        config = await asyncio.to_thread(read_config_json, files_dir / CONFIG_FILE)
-        await asyncio.to_thread(check_safetensors_header, files_dir / WEIGHTS_FILE)
-        base = await self._base_model(ctx, base_model or config.get("base_model_name_or_path"))
-        base_dir = await self._cache.pull(base)
-        model_cfg = await asyncio.to_thread(_model_config, base_dir, base.ref)
-        try:
-            weights = await asyncio.to_thread(
-                read_adapter, "upload", files_dir, model_cfg, self.max_lora_rank
-            )
-        except AdapterError as e:
-            raise AdapterError(_scrub(str(e), files_dir)) from None
-        manifest = await asyncio.to_thread(lambda: hash_source(scan_source(files_dir)))
-        return _Checked(
-            base=base,
-            base_dir=base_dir,
-            rank=weights.rank,
-            target_modules=tuple(sorted(weights.target_modules)),
-            manifest=tuple(manifest),
-        )
-
-    async def _base_model(self, ctx: TenantContext, ref: object) -> ModelVersion:
-        if not isinstance(ref, str) or not ref:
-            raise InvalidRequestError(
-                f"name the base model: {CONFIG_FILE}'s base_model_name_or_path, or the "
-                "form field base_model (a catalog model: name or name@version)"
-            )
-        try:
-            parsed = ModelRef.parse(ref)
-            version = (await self._registry.resolve(str(parsed), ctx.tenant_id)).version
-        except NotFoundError:
-            raise InvalidRequestError(f"base model {ref!r} does not exist") from None
-        except InvalidRequestError as e:
-            raise InvalidRequestError(f"base model {ref!r} is not a catalog model ({e})") from None
-        if not (ctx.allows_model(version.name) or ctx.allows_model(version.ref)):
-            raise PermissionDeniedError(f"this API key may not use base model {version.name}")
-        return version
-
-    async def _record(self, tenant_id: str, name: str, version: int, checked: _Checked) -> Adapter:
+    async def _record(
+        self, tenant_id: str, name: str, version: int, checked: CheckedUpload
+    ) -> Adapter:
         digest = manifest_digest(checked.manifest)
         adapter = Adapter(
             id=new_adapter_id(),
@@ -405,7 +333,7 @@ class AdapterService:
         return adapter
 
     async def _store_and_test(
-        self, adapter: Adapter, checked: _Checked, files_dir: Path
+        self, adapter: Adapter, checked: CheckedUpload, files_dir: Path
     ) -> Adapter:
         key = self.store.key_of(adapter.artifact_uri)
         try:
@@ -449,9 +377,6 @@ class AdapterService:
             )
         return adapter
 
-    def _local_path(self, adapter: Adapter) -> Path:
-        return self.work_dir / "local" / adapter.tenant_id / adapter.id
-
 
 def _exists(name: str, status: AdapterStatus | None, version: int = 1) -> AdapterExistsError:
     if status is AdapterStatus.VALIDATING:
@@ -463,32 +388,3 @@ def _exists(name: str, status: AdapterStatus | None, version: int = 1) -> Adapte
     return AdapterExistsError(
         f"adapter {name!r}{at} already exists (another upload made it first); upload again"
     )
-
-
-def _model_config(base_dir: Path, ref: str) -> LlamaConfig:
-    try:
-        return read_config(base_dir)
-    except CheckpointError as e:
-        raise InvalidRequestError(f"base model {ref} cannot take LoRA adapters ({e})") from None
-
-
-def _scrub(message: str, files_dir: Path) -> str:
-    """An engine-side message without the upload's directory (tenants see it)."""
-    return message.replace(f"{files_dir}/", "").replace(str(files_dir), "the upload")
-
-
-def _is_intact(target: Path, files: tuple[ArtifactFile, ...]) -> bool:
-    return target.is_dir() and all(
-        (target / f.path).is_file() and (target / f.path).stat().st_size == f.size_bytes
-        for f in files
-    )
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    fsync_dir(target.parent)

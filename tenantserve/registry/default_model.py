@@ -12,7 +12,8 @@ from pathlib import Path
 from tenantserve.registry.artifacts import Progress, scan_source
 from tenantserve.registry.eval_service import EvalService
 from tenantserve.registry.evals import EvalSet, StoredEvalSet
-from tenantserve.registry.model import ModelFormat, ModelVersion, Quantization, version_key
+from tenantserve.registry.model import ModelFormat, ModelVersion, Quantization
+from tenantserve.registry.naming import version_key
 from tenantserve.registry.service import RegistryService
 
 DEFAULT_MODEL_REGISTRY_NAME = "smollm2-135m-instruct"

@@ -6,7 +6,7 @@
     missing    the set has no result for the version yet (blocks when `block_on_missing`)
     passed     otherwise; a set without a comparable baseline is judged by its floor only
 
-The rollout reads the verdict as a `GateResult` (`rollout.evaluate`'s `eval_gate`): a
+The rollout reads the verdict as a `GateResult` (`rollout_policy.evaluate`'s `eval_gate`): a
 candidate whose verdict did not pass cannot be promoted to, or finish at, 100%.
 """
 

@@ -32,7 +32,8 @@ from tenantserve.registry.evals import (
     StoredEvalSet,
     new_eval_set_id,
 )
-from tenantserve.registry.model import ModelRef, ModelStatus, ModelVersion, version_key
+from tenantserve.registry.model import ModelStatus, ModelVersion
+from tenantserve.registry.naming import ModelRef, version_key
 from tenantserve.registry.rollout import GateResult
 from tenantserve.registry.service import RegistryService, utc_now
 from tenantserve.registry.unit_of_work import RegistryUnitOfWork

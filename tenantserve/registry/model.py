@@ -1,8 +1,9 @@
 """Model registry domain: immutable model versions, their lifecycle, and how a request's
 model reference resolves to one.
 
-Plain dataclasses; no SQLAlchemy, no web framework. Persistence lives in `tables.py` /
-`repository.py`, use cases in `service.py`, artifact bytes in `artifacts.py`.
+Plain dataclasses; no SQLAlchemy, no web framework. Name, version and scope rules and
+`ModelRef` live in `naming.py`, persistence in `tables.py` / `repository.py`, use cases in
+`service.py`, artifact bytes in `artifacts.py`.
 
     active ──┐
              ├─► deprecated (end date ≥ 90 days out) ─► archived (final)
@@ -22,20 +23,22 @@ from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from enum import StrEnum
 from pathlib import PurePosixPath
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from tenantserve.errors import InvalidRequestError, NotFoundError
-from tenantserve.tenancy.model import TENANT_ID_PREFIX
+from tenantserve.registry.naming import (
+    PUBLIC_SCOPE,
+    ModelRef,
+    validate_name,
+    validate_runtimes,
+    validate_scope,
+    validate_version,
+    version_key,
+)
 
-PUBLIC_SCOPE = "public"
 MIN_DEPRECATION_DAYS = 90
-MAX_NAME_CHARS = 128
 DIGEST_PREFIX = "sha256:"
 
-_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_SEMVER_RE = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
-_DATE_TAG_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_RUNTIME_RE = re.compile(r"[a-z0-9][a-z0-9._+-]*")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -113,91 +116,6 @@ def parse_device(value: str | Device) -> Device:
 def parse_status(value: str | ModelStatus) -> ModelStatus:
     """The status named by `value`, or InvalidRequestError naming the choices."""
     return _parse_choice(ModelStatus, "status", value)
-
-
-def validate_name(name: str) -> str:
-    """`name` when it is a valid model name (`[a-z0-9][a-z0-9._-]*`, ≤ 128 chars)."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME_CHARS:
-        raise InvalidRequestError(
-            f"model name must match [a-z0-9][a-z0-9._-]* (at most {MAX_NAME_CHARS} "
-            f"characters), not {name!r}"
-        )
-    return name
-
-
-class VersionKey(NamedTuple):
-    """Sort key of a version: semver (1, major, minor, patch) or date tag (0, y, m, d)."""
-
-    scheme: int
-    parts: tuple[int, int, int]
-
-
-def version_key(version: str) -> VersionKey:
-    """The sort key of a valid version; InvalidRequestError for anything else."""
-    if m := _SEMVER_RE.fullmatch(version):
-        return VersionKey(1, (int(m[1]), int(m[2]), int(m[3])))
-    if _DATE_TAG_RE.fullmatch(version):
-        try:
-            d = date.fromisoformat(version)
-        except ValueError:
-            pass
-        else:
-            return VersionKey(0, (d.year, d.month, d.day))
-    raise InvalidRequestError(
-        f"version must be semver like 1.2.3 or a date tag like 2026-11-27, not {version!r}"
-    )
-
-
-def validate_version(version: str) -> str:
-    """`version` when it is semver (`1.2.3`) or a date tag (`2026-11-27`)."""
-    if not isinstance(version, str):
-        raise InvalidRequestError(f"version must be a string, not {version!r}")
-    version_key(version)
-    return version
-
-
-def validate_scope(scope: str) -> str:
-    """`public`, or the id of the one tenant (`ten_...`) that may use the version."""
-    if scope == PUBLIC_SCOPE:
-        return scope
-    if isinstance(scope, str) and scope.startswith(TENANT_ID_PREFIX) and _NAME_RE.fullmatch(scope):
-        return scope
-    raise InvalidRequestError(f"scope must be 'public' or a tenant id (ten_...), not {scope!r}")
-
-
-def validate_runtimes(runtimes: Iterable[str]) -> tuple[str, ...]:
-    """De-duplicated runtime names in the given order; at least one."""
-    out: list[str] = []
-    for r in runtimes:
-        if not isinstance(r, str) or not _RUNTIME_RE.fullmatch(r):
-            raise InvalidRequestError(f"runtime names must match [a-z0-9][a-z0-9._+-]*, not {r!r}")
-        if r not in out:
-            out.append(r)
-    if not out:
-        raise InvalidRequestError("a model version needs at least one runtime")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """What a request names: `name` (the newest servable version) or `name@version`."""
-
-    name: str
-    version: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ModelRef:
-        """`name` or `name@version`; InvalidRequestError naming what is wrong."""
-        if not isinstance(text, str):
-            raise InvalidRequestError(f"a model reference is a string, not {text!r}")
-        name, sep, version = text.strip().partition("@")
-        validate_name(name)
-        if not sep:
-            return cls(name)
-        return cls(name, validate_version(version))
-
-    def __str__(self) -> str:
-        return self.name if self.version is None else f"{self.name}@{self.version}"
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tenantserve.config import CacheConfig, EngineConfig
 from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.config import CacheConfig, EngineConfig
 from tenantserve.engine.request import EngineRequest, SamplingParams
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import TenantServeError

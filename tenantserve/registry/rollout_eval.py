@@ -1,6 +1,6 @@
 """The eval gate as rollouts read it: `RolloutEvalGate(rollout)` is the candidate's stored
 eval verdict against the stable version (`EvalService.verdict`), which `RolloutService`
-passes to the pure `rollout.evaluate` and checks before a promotion by hand.
+passes to the pure `rollout_policy.evaluate` and checks before a promotion by hand.
 
 A candidate of a model with eval sets but no result yet is evaluated in the background
 once per process (through the pool serving it), so the gate opens by itself when the

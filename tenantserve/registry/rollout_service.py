@@ -1,11 +1,12 @@
 """Rollout use cases: start a rollout of a registered version, read its status, promote or
 roll it back by hand, count what each version does (`observe`), and let `tick` advance,
-finish or roll back running rollouts by the plan's rules (`rollout.evaluate`).
+finish or roll back running rollouts by the plan's rules (`rollout_policy.evaluate`).
 
 The rollouts and their history live in the database (one running rollout per model);
-the per-step stats live in this process's memory. `route` / `shadow_target` answer the
-gateway from memory, without a database read. `tick` (or `run_forever`) re-reads the
-running rollouts first, so changes made elsewhere (the CLI on the database) take effect.
+the per-step stats live in this process's memory (`rollout_live.py`). `route` /
+`shadow_target` answer the gateway from memory, without a database read. `tick` (or
+`run_forever`) re-reads the running rollouts first, so changes made elsewhere (the CLI on
+the database) take effect.
 
 When a rollout finishes, one transaction marks it done, makes a canary candidate active,
 and deprecates the old stable version (end date 90 days out, the candidate named as its
@@ -20,13 +21,9 @@ supersedes the old version, rolling one back marks the candidate failed and supe
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 from tenantserve.errors import InvalidRequestError, NotFoundError
 from tenantserve.registry.adapter_smoke import SmokeReport
@@ -36,11 +33,8 @@ from tenantserve.registry.adapters import (
     is_adapter_key,
     parse_adapter_key,
 )
-from tenantserve.registry.model import (
-    ModelVersion,
-    validate_name,
-)
-from tenantserve.registry.repository import DuplicateRolloutError, StaleRolloutError
+from tenantserve.registry.model import ModelVersion
+from tenantserve.registry.naming import validate_name
 from tenantserve.registry.rollout import (
     DEFAULT_CANARY_STEPS,
     DEFAULT_ERROR_RATE_MARGIN,
@@ -54,13 +48,11 @@ from tenantserve.registry.rollout import (
     Rollout,
     RolloutPhase,
     RolloutPlan,
-    VersionStats,
     apply,
-    eval_block,
-    evaluate,
-    route,
-    shadow,
 )
+from tenantserve.registry.rollout_live import LiveRollouts, StepStats
+from tenantserve.registry.rollout_policy import eval_block, evaluate
+from tenantserve.registry.rollout_repository import DuplicateRolloutError, StaleRolloutError
 from tenantserve.registry.rollout_versions import (
     candidate_ref,
     finish_adapter,
@@ -89,29 +81,6 @@ class RolloutConflictError(InvalidRequestError):
     """The model already has a running rollout, or it changed while this call ran."""
 
 
-class StepStats(NamedTuple):
-    """This step's counts for the stable version and the candidate."""
-
-    stable: VersionStats
-    candidate: VersionStats
-
-
-@dataclass
-class _Live:
-    """A running rollout as this process serves it, with its stats."""
-
-    rollout: Rollout
-    stable: VersionStats = field(default_factory=VersionStats)
-    candidate: VersionStats = field(default_factory=VersionStats)
-    # The stable version over the whole rollout: the baseline when this step has too few
-    # stable requests (at 100% it has none).
-    baseline: VersionStats = field(default_factory=VersionStats)
-
-    @property
-    def step_key(self) -> tuple[str, RolloutPhase, int | None]:
-        return (self.rollout.id, self.rollout.phase, self.rollout.step_index)
-
-
 class RolloutService:
     """Rollouts over a unit of work; an optional golden-set eval and change callback."""
 
@@ -132,9 +101,7 @@ class RolloutService:
         self._on_change = on_change
         # Blocks promotion to (and finishing at) 100% while the candidate's eval fails.
         self._eval_gate = eval_gate
-        self._live: dict[str, _Live] = {}
-        # observe() may be called from other threads than the event loop's.
-        self._lock = threading.Lock()
+        self._live = LiveRollouts()
 
     async def start(
         self,
@@ -195,7 +162,7 @@ class RolloutService:
                     f"model {name} already has a running rollout; `tenantserve rollout "
                     f"status {name}` shows it"
                 ) from None
-        self._install(rollout)
+        self._live.install(rollout)
         self._changed()
         return rollout
 
@@ -244,7 +211,7 @@ class RolloutService:
                 await uow.commit()
             except DuplicateRolloutError:
                 raise RolloutConflictError(f"{key} already has a running rollout") from None
-        self._install(rollout)
+        self._live.install(rollout)
         self._changed()
         return rollout
 
@@ -264,11 +231,7 @@ class RolloutService:
 
     def stats(self, name: str) -> StepStats | None:
         """Copies of this step's stats of the model's running rollout in this process."""
-        with self._lock:
-            live = self._live.get(name)
-            if live is None:
-                return None
-            return StepStats(copy.deepcopy(live.stable), copy.deepcopy(live.candidate))
+        return self._live.stats(name)
 
     async def promote(self, name: str, reason: str | None = None) -> Rollout:
         """Move the model's running rollout to its next step now (from 100%: finish)."""
@@ -288,39 +251,20 @@ class RolloutService:
     def observe(self, ref: str, latency_s: float, error: bool, diverged: bool = False) -> None:
         """Count one request served (or, in shadow, mirrored) by version `ref`; versions
         without a running rollout are ignored. Never blocks on I/O."""
-        name = ref.partition("@")[0]
-        with self._lock:
-            live = self._live.get(name)
-            if live is None:
-                return
-            plan = live.rollout.plan
-            if ref == plan.stable_ref:
-                live.stable.record(latency_s, error)
-                live.baseline.record(latency_s, error)
-            elif ref == plan.candidate_ref:
-                live.candidate.record(latency_s, error, diverged)
+        self._live.observe(ref, latency_s, error, diverged)
 
     def route(self, name: str, request_id: str) -> str | None:
         """The `name@version` serving `request_id` for a plain `name` request while a
         rollout of `name` runs (sticky per request id); None when none runs."""
-        live = self._live.get(name)
-        return None if live is None else route(live.rollout, request_id)
+        return self._live.route(name, request_id)
 
     def shadow_target(self, name: str, request_id: str) -> str | None:
         """The candidate to mirror `request_id` to (its answer discarded), or None."""
-        live = self._live.get(name)
-        if live is None or not shadow(live.rollout, request_id):
-            return None
-        return live.rollout.plan.candidate_ref
+        return self._live.shadow_target(name, request_id)
 
     async def refresh(self) -> None:
         """Re-read the running rollouts (changes made by other processes take effect)."""
-        running = await self.list_active()
-        with self._lock:
-            for name in set(self._live) - {r.model for r in running}:
-                del self._live[name]
-        for rollout in running:
-            self._install(rollout)
+        self._live.sync(await self.list_active())
 
     async def tick(self, now: datetime | None = None) -> list[Rollout]:
         """Evaluate every running rollout and apply what the rules decide (advance,
@@ -328,10 +272,7 @@ class RolloutService:
         now = now or self._clock()
         await self.refresh()
         changed: list[Rollout] = []
-        for live in list(self._live.values()):
-            with self._lock:
-                evaluated = copy.deepcopy(live.rollout)
-                stable, candidate = self._judged_stats(live)
+        for evaluated, (stable, candidate) in self._live.judged():
             evals = await self._eval_gate(evaluated) if self._eval_gate else None
             decision = evaluate(evaluated, stable, candidate, now, eval_gate=evals)
             if decision.action is Action.GATE:
@@ -391,7 +332,7 @@ class RolloutService:
                     f"the rollout of {name} changed meanwhile; try again"
                 ) from None
             await uow.commit()
-        self._install(rollout)
+        self._live.install(rollout)
         self._changed()
         return rollout
 
@@ -403,29 +344,6 @@ class RolloutService:
         except Exception as e:
             logger.exception("golden-set eval of %s failed", candidate_ref)
             return GateResult(False, f"the eval raised {type(e).__name__}: {e}")
-
-    def _judged_stats(self, live: _Live) -> StepStats:
-        enough = live.stable.requests >= live.rollout.plan.min_requests
-        stable = live.stable if enough else live.baseline
-        return StepStats(copy.deepcopy(stable), copy.deepcopy(live.candidate))
-
-    def _install(self, rollout: Rollout) -> None:
-        """Serve `rollout` from memory; a new step starts with empty stats."""
-        with self._lock:
-            live = self._live.get(rollout.model)
-            if not rollout.is_active:
-                if live is not None and live.rollout.id == rollout.id:
-                    del self._live[rollout.model]
-                return
-            if live is None or live.rollout.id != rollout.id:
-                self._live[rollout.model] = _Live(rollout)
-                return
-            if (rollout.phase, rollout.step_index) != (
-                live.rollout.phase,
-                live.rollout.step_index,
-            ):
-                live.stable, live.candidate = VersionStats(), VersionStats()
-            live.rollout = rollout
 
     def _changed(self) -> None:
         if self._on_change is not None:

@@ -14,14 +14,8 @@ from tenantserve.registry.adapters import (
     parse_adapter_key,
     parse_adapter_ref,
 )
-from tenantserve.registry.model import (
-    ModelRef,
-    ModelStatus,
-    ModelVersion,
-    earliest_end_date,
-    validate_name,
-    version_key,
-)
+from tenantserve.registry.model import ModelStatus, ModelVersion, earliest_end_date
+from tenantserve.registry.naming import ModelRef, validate_name, version_key
 from tenantserve.registry.rollout import (
     Action,
     Decision,

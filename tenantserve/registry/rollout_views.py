@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tenantserve.registry.rollout import Rollout, VersionStats
-from tenantserve.registry.rollout_service import StepStats
+from tenantserve.registry.rollout import Rollout
+from tenantserve.registry.rollout_live import StepStats
+from tenantserve.registry.rollout_policy import VersionStats
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -28,7 +28,6 @@ from tenantserve.registry.artifacts import (
 from tenantserve.registry.model import (
     Device,
     ModelFormat,
-    ModelRef,
     ModelStatus,
     ModelVersion,
     Quantization,
@@ -40,6 +39,9 @@ from tenantserve.registry.model import (
     parse_quantization,
     parse_status,
     resolve,
+)
+from tenantserve.registry.naming import (
+    ModelRef,
     validate_name,
     validate_runtimes,
     validate_scope,

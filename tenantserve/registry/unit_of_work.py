@@ -6,11 +6,8 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tenantserve.registry.eval_repository import EvalResultRepository, EvalSetRepository
-from tenantserve.registry.repository import (
-    AdapterRepository,
-    ModelRepository,
-    RolloutRepository,
-)
+from tenantserve.registry.repository import AdapterRepository, ModelRepository
+from tenantserve.registry.rollout_repository import RolloutRepository
 from tenantserve.storage.unit_of_work import SqlUnitOfWork
 
 

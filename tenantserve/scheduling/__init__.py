@@ -1,9 +1,13 @@
 """Per-pool scheduling in front of the engine: tier priority with aging, VTC fair share
 between tenants, overload shedding, noisy-neighbour detection."""
 
-from tenantserve.scheduling.fair_queue import (
-    FairQueue,
-    FairQueueConfig,
+from tenantserve.scheduling.fair_queue import FairQueue, FairQueueConfig
+from tenantserve.scheduling.noisy_neighbor import (
+    NoisyNeighborConfig,
+    NoisyNeighborDetector,
+    NoisyNeighborEvent,
+)
+from tenantserve.scheduling.queue_types import (
     FairQueueStats,
     Grant,
     Overloaded,
@@ -11,11 +15,6 @@ from tenantserve.scheduling.fair_queue import (
     Shed,
     SlotUsage,
     Ticket,
-)
-from tenantserve.scheduling.noisy_neighbor import (
-    NoisyNeighborConfig,
-    NoisyNeighborDetector,
-    NoisyNeighborEvent,
 )
 from tenantserve.scheduling.vtc import VirtualTokenCounter
 

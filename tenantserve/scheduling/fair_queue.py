@@ -14,7 +14,8 @@ VTC charging: the estimated input at grant, the true input and output at release
 
 Overload: a request that would wait in a full tier queue is rejected (`QueueFull`); when
 all waiters together reach `max_waiting`, a new request evicts the newest waiter of the
-lowest tier below its own (that waiter's `acquire` raises `Shed`), or is shed itself.
+lowest tier below its own (that waiter's `acquire` raises `Shed`), or is shed itself
+(both `Overloaded`, in `queue_types.py` with `Ticket`, `Grant` and `FairQueueStats`).
 `retry_after_s` is the weighted work queued at or above the tier over the recent service
 rate.
 
@@ -36,8 +37,16 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-from tenantserve.errors import ConfigError, TenantServeError
+from tenantserve.errors import ConfigError
 from tenantserve.scheduling.noisy_neighbor import NoisyNeighborEvent
+from tenantserve.scheduling.queue_types import (
+    FairQueueStats,
+    Grant,
+    QueueFull,
+    Shed,
+    SlotUsage,
+    Ticket,
+)
 from tenantserve.scheduling.vtc import VirtualTokenCounter
 from tenantserve.tiers import Tier
 
@@ -92,82 +101,6 @@ class FairQueueConfig:
             raise ConfigError("need 0 < min_retry_after_s <= max_retry_after_s")
         if self.rate_window < 2:
             raise ConfigError("rate_window must be at least 2")
-
-
-class Overloaded(TenantServeError):
-    """The pool cannot take the request now; retry after `retry_after_s` seconds."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class QueueFull(Overloaded):
-    """The request's tier queue is full (maps to 429 with Retry-After)."""
-
-    def __init__(self, tier: Tier, retry_after_s: float) -> None:
-        super().__init__(f"the {tier} queue is full", retry_after_s)
-        self.tier = tier
-
-
-class Shed(Overloaded):
-    """Shed under overload, lowest tier first (maps to 503 with Retry-After)."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__("shed under overload", retry_after_s)
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """One request asking for an engine slot; `arrival_time` is on the queue's clock."""
-
-    request_id: str
-    tenant_id: str
-    tier: Tier
-    est_input_tokens: int
-    est_output_tokens: int
-    arrival_time: float
-
-
-@dataclass(frozen=True)
-class Grant:
-    """An engine slot held by one request until `FairQueue.release(grant, ...)`."""
-
-    grant_id: int
-    ticket: Ticket
-    # The tier it was scheduled in: its own, or one lower while demoted. This is the
-    # priority to hand the engine so that preemption follows it.
-    tier: Tier
-    granted_at: float
-
-    @property
-    def queue_time_s(self) -> float:
-        return self.granted_at - self.ticket.arrival_time
-
-
-@dataclass
-class SlotUsage:
-    """What the request inside `FairQueue.slot()` consumed; update it as the engine reports."""
-
-    grant: Grant
-    input_tokens: int
-    output_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class FairQueueStats:
-    """A snapshot for metrics: load, per-tenant counters, rejections and demotions."""
-
-    in_flight: int
-    waiting: Mapping[Tier, int]
-    # Per-tenant W, by the tier whose counter holds it.
-    counters: Mapping[Tier, Mapping[str, float]]
-    # QueueFull per tier.
-    rejected: Mapping[Tier, int]
-    # Shed per tier: evicted waiters plus requests turned away under global overload.
-    shed: Mapping[Tier, int]
-    # Demoted tenants and when their demotion ends.
-    demoted_until: Mapping[str, float]
 
 
 @dataclass(eq=False)

@@ -17,8 +17,9 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from tenantserve.bootstrap import open_tenancy
-from tenantserve.config import CacheConfig, EngineConfig, Settings
+from tenantserve.config import Settings
 from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.config import CacheConfig, EngineConfig
 from tenantserve.gateway.auth import Authenticator
 from tenantserve.gateway.errors import install_error_handlers
 from tenantserve.gateway.events import EventLog

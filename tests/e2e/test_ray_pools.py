@@ -21,7 +21,7 @@ import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam
 
 from tenantserve.bootstrap import open_tenancy, registry_name
-from tenantserve.config import LoraConfig
+from tenantserve.engine.config import LoraConfig
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
 from tenantserve.engine_ray.client import RayServeEngineClient
 from tenantserve.ray_config import RayConfig

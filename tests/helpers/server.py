@@ -17,8 +17,9 @@ import pytest
 import uvicorn
 
 from tenantserve.bootstrap import Service, build_service
-from tenantserve.config import AuthConfig, CacheConfig, JwtConfig, Settings
+from tenantserve.config import AuthConfig, JwtConfig, Settings
 from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.config import CacheConfig
 from tenantserve.tenancy.model import Tenant
 from tenantserve.tenancy.service import TenancyService
 

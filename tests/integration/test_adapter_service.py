@@ -20,8 +20,8 @@ import pytest
 import torch
 from sqlalchemy import delete
 
-from tenantserve.config import CacheConfig, EngineConfig
 from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.config import CacheConfig, EngineConfig
 from tenantserve.errors import InvalidRequestError, NotFoundError
 from tenantserve.registry.adapter_service import AdapterService, UploadPart
 from tenantserve.registry.adapter_smoke import (

@@ -24,7 +24,8 @@ from sqlalchemy import text
 
 from tenantserve.metering.events import UsageEvent
 from tenantserve.metering.outbox import OUTBOX_FILE, Outbox
-from tenantserve.metering.store import Counters, Granularity, UsageStore, truncate
+from tenantserve.metering.report import Counters, Granularity, truncate
+from tenantserve.metering.store import UsageStore
 from tenantserve.metering.stream import UsageStream
 from tenantserve.storage.database import create_engine
 from tenantserve.storage.migrations import migrate

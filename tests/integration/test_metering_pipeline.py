@@ -19,8 +19,9 @@ from nats.js import JetStreamContext
 from tenantserve.metering.aggregator import Aggregator
 from tenantserve.metering.events import UsageEvent, encode_batch
 from tenantserve.metering.outbox import Outbox
+from tenantserve.metering.report import Counters, Granularity, truncate
 from tenantserve.metering.shipper import Shipper
-from tenantserve.metering.store import Counters, Granularity, UsageStore, truncate
+from tenantserve.metering.store import UsageStore
 from tenantserve.metering.stream import MSG_ID_HEADER, UsageStream, message_id
 from tenantserve.storage.database import create_engine, sqlite_url
 from tenantserve.storage.migrations import migrate

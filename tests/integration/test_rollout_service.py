@@ -18,13 +18,13 @@ from tenantserve.registry.artifact_cache import ArtifactCache
 from tenantserve.registry.artifacts import LocalArtifactStore
 from tenantserve.registry.model import ModelStatus, earliest_end_date
 from tenantserve.registry.model_smoke import ModelSmokeTester
-from tenantserve.registry.repository import DuplicateRolloutError
 from tenantserve.registry.rollout import (
     GateResult,
     Rollout,
     RolloutPhase,
     RolloutPlan,
 )
+from tenantserve.registry.rollout_repository import DuplicateRolloutError
 from tenantserve.registry.rollout_service import RolloutConflictError, RolloutService
 from tenantserve.registry.service import RegistryService
 from tenantserve.registry.tables import model_versions, rollouts

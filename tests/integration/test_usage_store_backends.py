@@ -13,7 +13,9 @@ from sqlalchemy import delete
 
 from tenantserve.errors import InvalidRequestError
 from tenantserve.metering.events import UsageStatus
-from tenantserve.metering.store import Granularity, UsageStore, bucket_rows, truncate
+from tenantserve.metering.report import Granularity, truncate
+from tenantserve.metering.rows import bucket_rows
+from tenantserve.metering.store import UsageStore
 from tenantserve.metering.tables import usage_buckets, usage_events
 from tenantserve.storage.database import create_engine
 from tenantserve.storage.migrations import migrate

@@ -37,7 +37,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from tenantserve.config import LoraConfig
+from tenantserve.engine.config import LoraConfig
 from tenantserve.engine.layers.lora_batch import LoraBatch, PaddedRows
 from tenantserve.engine.lora_files import LoraAdapterWeights
 from tenantserve.engine.models.llama import (

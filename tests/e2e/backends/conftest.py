@@ -18,7 +18,8 @@ import pytest
 import pytest_asyncio
 
 from tenantserve.bootstrap import open_tenancy, registry_name
-from tenantserve.config import LoraConfig, SchedulerConfig, Settings
+from tenantserve.config import Settings
+from tenantserve.engine.config import LoraConfig, SchedulerConfig
 from tenantserve.engine_vllm.launcher import VllmLauncher
 from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.gateway.pools import Pool

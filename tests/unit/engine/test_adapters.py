@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM as HFLlamaForCausalLM
 
-from tenantserve.config import LoraConfig
 from tenantserve.engine import adapters as adapters_module
 from tenantserve.engine.adapters import AdapterAcquire, AdapterManager
+from tenantserve.engine.config import LoraConfig
 from tenantserve.engine.layers.lora import LoraWeights
 from tenantserve.engine.lora_files import CONFIG_FILE, WEIGHTS_FILE
 from tenantserve.engine.models.checkpoint import read_config

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tenantserve.config import CacheConfig, EngineConfig
 from tenantserve.engine.client import AsyncEngineClient
+from tenantserve.engine.config import CacheConfig, EngineConfig
 from tenantserve.engine.request import (
     EngineRequest,
     FinishReason,

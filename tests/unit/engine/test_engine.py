@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tenantserve.config import CacheConfig, EngineConfig, SchedulerConfig
+from tenantserve.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from tenantserve.engine.engine import LLMEngine
 from tenantserve.engine.layers.onednn import OneDnnLinear, onednn_available
 from tenantserve.engine.request import EngineRequest, FinishReason, RequestOutput, SamplingParams

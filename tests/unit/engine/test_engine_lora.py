@@ -10,7 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from tenantserve.config import CacheConfig, EngineConfig, LoraConfig, SchedulerConfig
+from tenantserve.engine.config import CacheConfig, EngineConfig, LoraConfig, SchedulerConfig
 from tenantserve.engine.engine import LLMEngine
 from tenantserve.engine.request import (
     EngineRequest,

@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import LlamaConfig as HFLlamaConfig
 from transformers import LlamaForCausalLM as HFLlamaForCausalLM
 
-from tenantserve.config import LoraConfig
+from tenantserve.engine.config import LoraConfig
 from tenantserve.engine.layers.lora import LoraLinear, LoraWeights, apply_lora
 from tenantserve.engine.layers.lora_batch import LoraBatch
 from tenantserve.engine.lora_files import LoraAdapterWeights, LoraPair, read_adapter

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import itertools
 
-from tenantserve.config import SchedulerConfig
 from tenantserve.engine.block_pool import BlockPool
+from tenantserve.engine.config import SchedulerConfig
 from tenantserve.engine.request import EngineRequest, SamplingParams, Sequence
 from tenantserve.engine.scheduler import Scheduler, SchedulerOutput
 from tenantserve.tiers import Tier

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tenantserve.config import EngineConfig, Settings
+from tenantserve.config import Settings
+from tenantserve.engine.config import EngineConfig
 from tenantserve.engine_ray.client import RayServeEngineClient
 from tenantserve.engine_ray.deploy import RayPoolDeployment
 from tenantserve.errors import ConfigError

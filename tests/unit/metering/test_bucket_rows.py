@@ -6,7 +6,8 @@ import random
 from typing import Any
 
 from tenantserve.metering.events import UsageEvent, UsageStatus
-from tenantserve.metering.store import Counters, Granularity, bucket_rows, truncate
+from tenantserve.metering.report import Counters, Granularity, truncate
+from tenantserve.metering.rows import bucket_rows
 from tests.helpers.usage import usage_event
 
 

@@ -13,7 +13,8 @@ import pytest_asyncio
 
 from tenantserve.metering.drain import OutboxDrain
 from tenantserve.metering.outbox import Outbox
-from tenantserve.metering.store import Granularity, UsageStore
+from tenantserve.metering.report import Granularity
+from tenantserve.metering.store import UsageStore
 from tests.helpers.usage import sqlite_usage_store, usage_event
 
 T = 1_795_000_000.0

@@ -17,7 +17,8 @@ from tenantserve.gateway.request_log import RequestLog, RequestLogFiles, Request
 from tenantserve.metering.events import UsageEvent
 from tenantserve.metering.outbox import OUTBOX_FILE, Outbox
 from tenantserve.metering.reconcile import reconcile
-from tenantserve.metering.store import Granularity, UsageStore
+from tenantserve.metering.report import Granularity
+from tenantserve.metering.store import UsageStore
 from tenantserve.storage.database import DATABASE_FILE, create_engine
 from tenantserve.storage.migrations import migrate
 from tests.helpers.usage import usage_event

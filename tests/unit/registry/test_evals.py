@@ -25,10 +25,8 @@ from tenantserve.registry.rollout import (
     GateResult,
     Rollout,
     RolloutPlan,
-    VersionStats,
-    eval_block,
-    evaluate,
 )
+from tenantserve.registry.rollout_policy import VersionStats, eval_block, evaluate
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 

@@ -16,17 +16,14 @@ from tenantserve.registry.model import (
     Device,
     ModelArchivedError,
     ModelFormat,
-    ModelRef,
     ModelStatus,
     ModelVersion,
     Quantization,
     earliest_end_date,
     manifest_digest,
     resolve,
-    validate_name,
-    validate_version,
-    version_key,
 )
+from tenantserve.registry.naming import ModelRef, validate_name, validate_version, version_key
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 TENANT_A = "ten_aaaaaaaaaaaaaaaa"

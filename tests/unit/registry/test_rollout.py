@@ -15,12 +15,11 @@ from tenantserve.registry.rollout import (
     Rollout,
     RolloutPhase,
     RolloutPlan,
-    VersionStats,
     apply,
-    evaluate,
     route,
     shadow,
 )
+from tenantserve.registry.rollout_policy import VersionStats, evaluate
 
 NOW = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 STABLE, CANDIDATE = "llama@1.0.0", "llama@1.1.0"
