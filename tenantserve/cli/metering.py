@@ -172,7 +172,8 @@ async def start_with_retries(
         except TenantServeError:
             raise
         except Exception as e:
-            problem = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__}"
+            first_line = str(e).strip().split("\n", 1)[0][:300]  # not the SQL of a DBAPIError
+            problem = f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
             if time.monotonic() + delay_s > deadline:
                 _fail(
                     f"{what} could not start in {timeout_s:g} s ({problem}); check that NATS "

@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import nats
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tenantserve.metering.events import UsageEvent
 from tenantserve.metering.outbox import OUTBOX_FILE, Outbox
@@ -102,6 +104,17 @@ class Producer:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+async def _terminate_others(conn: AsyncConnection) -> int:
+    """Terminate every other connection to this database; how many there were."""
+    result = await conn.execute(
+        text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+    return int(result.scalar_one())
 
 
 def _tail(log: Path, lines: int = 15) -> str:
@@ -262,13 +275,7 @@ async def test_no_event_is_lost_or_doubled_when_the_database_drops_the_aggregato
         ):
             await asyncio.sleep(rnd.uniform(0.2, 0.8))
             async with store.engine.connect() as conn:
-                result = await conn.execute(
-                    text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                )
-                terminated += int(result.scalar_one())
+                terminated += await _terminate_others(conn)
     finally:
         producer.stop()
         await producing
@@ -281,3 +288,66 @@ async def test_no_event_is_lost_or_doubled_when_the_database_drops_the_aggregato
     assert await shipper.stop() == 0
     assert await aggregator.stop() == 0
     await _assert_exactly_once(store, producer.produced)
+
+
+@pytest.mark.timeout(180)
+async def test_the_aggregator_waits_for_a_database_that_comes_up_after_it(
+    pipeline: tuple[Stage, Stage, Outbox, UsageStore], postgres_url: str
+) -> None:
+    """Started before its database answers (it used to exit 1 at once, or at a connection
+    dropped during its migration): it retries until it can, then counts every event."""
+    shipper, aggregator, outbox, store = pipeline
+    real = urlsplit(postgres_url)
+    port = _free_port()
+    aggregator.env["TENANTSERVE_DATABASE_URL"] = real._replace(
+        netloc=real.netloc.replace(f":{real.port}", f":{port}")
+    ).geturl()
+    await aggregator.start()
+    await asyncio.sleep(3)
+    assert aggregator.process is not None and aggregator.process.returncode is None, _tail(
+        aggregator.log
+    )
+    assert "the aggregator is not ready" in aggregator.log.read_text()
+    async with _tcp_proxy(port, real.hostname or "127.0.0.1", real.port or 5432):
+        await shipper.start()
+        producer = Producer(outbox)
+        producing = asyncio.create_task(producer.run())
+        await asyncio.sleep(1)
+        producer.stop()
+        await producing
+        await _wait_until_drained(outbox, store, len(producer.produced))
+        assert await shipper.stop() == 0
+        assert await aggregator.stop() == 0
+    await _assert_exactly_once(store, producer.produced)
+
+
+def _free_port() -> int:
+    """A local TCP port nothing listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _tcp_proxy(port: int, host: str, target_port: int) -> AsyncIterator[None]:
+    """Forward 127.0.0.1:`port` to host:target_port while open (the database coming up)."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection(host, target_port)
+        await asyncio.gather(
+            pipe(client_r, upstream_w), pipe(upstream_r, client_w), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(relay, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
