@@ -60,6 +60,8 @@ class AdapterStats:
     # Seconds spent in all loads so far (with the counts: the mean load latency).
     disk_load_s_total: float = 0.0
     host_load_s_total: float = 0.0
+    # The adapters in device slots, most recently used first (the operator's "hot" list).
+    active_ids: tuple[str, ...] = ()
 
 
 class _Loaded(NamedTuple):
@@ -203,6 +205,9 @@ class AdapterManager:
             last_host_load_s=self._last_host_load_s,
             disk_load_s_total=self._disk_load_s_total,
             host_load_s_total=self._host_load_s_total,
+            active_ids=tuple(
+                sorted(self._active, key=lambda i: self._active[i].last_used, reverse=True)
+            ),
         )
 
     def close(self) -> None:

@@ -12,15 +12,17 @@
               "restarts": n | null, "running": n | null, "waiting": n | null,
               "kv_cache": {"blocks", "used_blocks", "cached_blocks", "free_blocks",
                            "usage"} | null,
-              "adapters": {"active", "pinned", "host", "loading", "failed"} | null}
+              "adapters": {"active", "pinned", "host", "loading", "failed",
+                           "hot": [adapter id]} | null}
 
 A built-in engine pool has one replica today (its engine process); its stats are asked for
 with a deadline, and an engine that does not answer (restarting, shut down) is `up: false`
 with null stats. An upstream pool's one replica is the external server, of which
 tenantserve knows no stats (`up: null`). `replicas` is a list because Ray-backed pools
-serve from several. The answer holds counts only, no tenant's data (the reserved-for ids
-are configuration), so reads are not written to the audit log: a console refreshing it
-every few seconds would flood it. A missing or wrong token (a tenant's key included) is 401.
+serve from several. `hot` lists the adapters in the engine's device slots, most recently
+used first (at most `MAX_HOT_ADAPTERS`), by their opaque ids. The answer holds counts and
+ids only, no tenant's data (the reserved-for ids are configuration), so reads are not
+written to the audit log: a console refreshing it every few seconds would flood it. A missing or wrong token (a tenant's key included) is 401.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # the engine module imports torch; the gateway only reads its
     from tenantserve.engine.engine import EngineStats
 
 logger = logging.getLogger(__name__)
+
+MAX_HOT_ADAPTERS = 32
 
 
 class PoolRoutes:
@@ -123,6 +127,7 @@ def _engine_stats_json(s: EngineStats) -> dict[str, Any]:
                 "host": a.num_host,
                 "loading": a.num_loading,
                 "failed": a.num_failed,
+                "hot": list(a.active_ids[:MAX_HOT_ADAPTERS]),
             }
         ),
     }

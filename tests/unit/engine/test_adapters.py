@@ -133,6 +133,7 @@ def test_cold_adapter_loads_in_background_then_gets_a_slot(
     manager.release(slot)
     manager.release(slot)
     assert manager.stats().num_pinned == 0
+    assert manager.stats().active_ids == (ref.adapter_id,)
     with pytest.raises(ValueError, match="more often"):
         manager.release(slot)
 
@@ -182,6 +183,7 @@ def test_idle_adapter_is_evicted_to_host_when_slots_are_full(
     assert slot_c == slot_a  # a, the least recently used idle adapter, made room
     stats = manager.stats()
     assert (stats.num_active, stats.num_host) == (2, 1)
+    assert stats.active_ids == (c.adapter_id, b.adapter_id)  # hot: most recent first
     # a comes back from host memory, synchronously, without another disk read
     manager.release(slot_c)
     got = manager.acquire(a)

@@ -20,7 +20,12 @@ function kvCell(kv) {
 
 function adaptersCell(a) {
   if (!a) return "—";
-  return `${a.active} hot (${a.pinned} in use) · ${a.host} in host memory · ${a.loading} loading` + (a.failed ? ` · ${a.failed} failed` : "");
+  const counts = `${a.active} hot (${a.pinned} in use) · ${a.host} in host memory · ${a.loading} loading` + (a.failed ? ` · ${a.failed} failed` : "");
+  const hot = a.hot || [];
+  if (!hot.length) return counts;
+  // The hot adapters, most recently used first.
+  return h("div", {}, h("span", {}, counts),
+    h("ul", { class: "hot-adapters", attrs: { "aria-label": "Hot adapters" } }, hot.map((id) => h("li", {}, h("code", {}, id)))));
 }
 
 function poolCard(pool) {
