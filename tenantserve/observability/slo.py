@@ -29,7 +29,9 @@ from typing import Any
 from tenantserve.tiers import Tier
 
 TTFT_QUANTILE = 0.95
-BUDGET_WINDOW_S = 30 * 86400.0
+MAX_TTFT_SAMPLES = 5000  # the newest timed requests a window's percentiles are taken from
+DAY_S = 86400.0
+BUDGET_WINDOW_S = 30 * DAY_S
 SLIS = ("availability", "ttft")
 
 
@@ -137,6 +139,29 @@ class Alert:
     threshold: float
 
 
+@dataclass(frozen=True)
+class TtftQuantiles:
+    """A tenant's TTFT percentiles (ms) over the last hour and day, from its newest
+    `MAX_TTFT_SAMPLES` timed requests in each window; None where it had none."""
+
+    p50_ms_1h: float | None = None
+    p95_ms_1h: float | None = None
+    p50_ms_24h: float | None = None
+    p95_ms_24h: float | None = None
+    samples_24h: int = 0
+
+    @classmethod
+    def of(cls, last_hour: Sequence[float], last_day: Sequence[float]) -> TtftQuantiles:
+        """The percentiles of the two windows' samples."""
+        return cls(
+            quantile(last_hour, 0.5),
+            quantile(last_hour),
+            quantile(last_day, 0.5),
+            quantile(last_day),
+            len(last_day),
+        )
+
+
 @dataclass
 class TenantSlo:
     """One tenant's SLO status: per SLI and window its counts, burn rates and budget."""
@@ -146,7 +171,7 @@ class TenantSlo:
     target: SloTarget
     # sli -> window name -> counts
     counts: dict[str, dict[str, SliCounts]]
-    ttft_p95_ms: float | None = None  # over the last hour, when computed
+    ttft_ms: TtftQuantiles | None = None  # when computed
     alerts: list[Alert] = field(default_factory=list)
 
     def burn_rates(self, sli: str) -> dict[str, float | None]:
@@ -159,6 +184,7 @@ class TenantSlo:
         target = self.target
         month = {sli: self.counts[sli].get(DAYS_30.name, SliCounts()) for sli in SLIS}
         avail = month["availability"].bad_share
+        q = self.ttft_ms or TtftQuantiles()
         out: dict[str, Any] = {
             "object": "slo",
             "tenant_id": self.tenant_id,
@@ -166,7 +192,11 @@ class TenantSlo:
             "best_effort": target.availability is None and target.ttft_p95_s is None,
             "ttft": {
                 "target_p95_ms": None if target.ttft_p95_s is None else target.ttft_p95_s * 1000,
-                "p95_ms_1h": _round(self.ttft_p95_ms),
+                "p50_ms_1h": _round(q.p50_ms_1h),
+                "p95_ms_1h": _round(q.p95_ms_1h),
+                "p50_ms_24h": _round(q.p50_ms_24h),
+                "p95_ms_24h": _round(q.p95_ms_24h),
+                "samples_24h": q.samples_24h,
                 "requests_30d": month["ttft"].total,
                 "slow_30d": month["ttft"].bad,
             },
@@ -199,10 +229,10 @@ def evaluate(
     counts: dict[str, dict[str, SliCounts]],
     targets: Mapping[Tier, SloTarget] = DEFAULT_TARGETS,
     rules: Sequence[BurnRule] = DEFAULT_RULES,
-    ttft_p95_ms: float | None = None,
+    ttft_ms: TtftQuantiles | None = None,
 ) -> TenantSlo:
     """The tenant's SLO status from its per-window counts, with the rules firing now."""
-    slo = TenantSlo(tenant_id, tier, targets[tier], counts, ttft_p95_ms)
+    slo = TenantSlo(tenant_id, tier, targets[tier], counts, ttft_ms)
     for sli in SLIS:
         allowed = slo.target.allowed_bad_share(sli)
         if allowed is None:

@@ -1,6 +1,7 @@
 """`SloMonitor`: the per-tenant SLOs of `slo.py` computed from the request records.
 
-    report(tenant)     the SLO status of one tenant (or all), with the last hour's TTFT p95
+    report(tenant)     the SLO status of one tenant (or all), with its TTFT p50 / p95 over
+                       the last hour and day
                        (`GET /v1/slo`, `GET /admin/slo`)
     tick()             every tenant's status; a burn-rate alert that starts is appended
                        to the operator event log as `slo_burn_rate` (once per episode),
@@ -24,17 +25,19 @@ from tenantserve.gateway.events import EventLog, OperatorEvent
 from tenantserve.gateway.noisy_neighbors import NOISY_NEIGHBOR
 from tenantserve.observability.record_store import RequestRecordStore
 from tenantserve.observability.slo import (
+    DAY_S,
     DEFAULT_RULES,
     DEFAULT_TARGETS,
     HOUR_1,
+    MAX_TTFT_SAMPLES,
     SLIS,
     AlertEpisodes,
     BurnRule,
     SliCounts,
     SloTarget,
     TenantSlo,
+    TtftQuantiles,
     evaluate,
-    quantile,
     windows_of,
 )
 from tenantserve.tiers import Tier
@@ -71,7 +74,9 @@ class SloMonitor:
             tier.value: t.ttft_p95_s * 1000 for tier, t in targets.items() if t.ttft_p95_s
         }
 
-    async def evaluate(self, tenant_id: str | None = None, p95: bool = False) -> list[TenantSlo]:
+    async def evaluate(
+        self, tenant_id: str | None = None, quantiles: bool = False
+    ) -> list[TenantSlo]:
         """The SLO status of `tenant_id` (None: every tenant with records in 30 days)."""
         now = self.clock()
         counts: dict[str, dict[str, dict[str, SliCounts]]] = {}
@@ -91,18 +96,23 @@ class SloMonitor:
                 )
         out = []
         for tenant, per_sli in sorted(counts.items()):
-            p95_ms = None
-            if p95:
-                since = datetime.fromtimestamp(now - HOUR_1.seconds, UTC)
-                p95_ms = quantile(await self.store.ttft_samples(tenant, since))
+            ttft_ms = await self._ttft_quantiles(tenant, now) if quantiles else None
             tier = Tier(tiers[tenant])
-            out.append(evaluate(tenant, tier, per_sli, self.targets, self.rules, p95_ms))
+            out.append(evaluate(tenant, tier, per_sli, self.targets, self.rules, ttft_ms))
         return out
 
+    async def _ttft_quantiles(self, tenant_id: str, now: float) -> TtftQuantiles:
+        """The tenant's TTFT p50/p95 over the last hour and the last day."""
+        hour = datetime.fromtimestamp(now - HOUR_1.seconds, UTC)
+        day = datetime.fromtimestamp(now - DAY_S, UTC)
+        last_hour = await self.store.ttft_samples(tenant_id, hour, MAX_TTFT_SAMPLES)
+        last_day = await self.store.ttft_samples(tenant_id, day, MAX_TTFT_SAMPLES)
+        return TtftQuantiles.of(last_hour, last_day)
+
     async def report(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
-        """JSON of `evaluate` with the TTFT p95 and each tenant's related events."""
+        """JSON of `evaluate` with the TTFT percentiles and each tenant's related events."""
         out = []
-        for slo in await self.evaluate(tenant_id, p95=True):
+        for slo in await self.evaluate(tenant_id, quantiles=True):
             body = slo.to_json()
             body["events"] = self.related_events(slo.tenant_id, redact_others=False)
             out.append(body)

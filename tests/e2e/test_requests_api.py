@@ -157,6 +157,7 @@ async def test_slo_status_is_served_for_the_tenant_and_operators(running: Runnin
         own = (await http.get("/v1/slo")).json()
     assert own["tenant_id"] == running.acme.id and own["ttft"]["target_p95_ms"] == 2000.0
     assert own["availability"]["target"] == 0.995 and own["ttft"]["p95_ms_1h"] > 0
+    assert own["ttft"]["p50_ms_24h"] > 0 and own["ttft"]["samples_24h"] >= 1
     async with running.admin() as admin:
         everyone = (await admin.get("/admin/slo")).json()["data"]
     assert running.acme.id in {s["tenant_id"] for s in everyone}

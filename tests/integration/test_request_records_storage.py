@@ -154,6 +154,19 @@ async def test_window_counts_split_failures_refusals_and_slow_first_tokens(
     assert (c.tenant_id, c.eligible, c.failed, c.timed, c.slow) == (A, 4, 2, 2, 1)
 
 
+async def test_ttft_percentiles_are_taken_over_the_last_hour_and_the_last_day(
+    store: RequestRecordStore,
+) -> None:
+    now = datetime.now(UTC).timestamp()
+    recent = [served(n, at=now - 60, ttft_ms=10.0 * (n + 1)) for n in range(10)]  # 10..100
+    earlier = [served(n, at=now - 7200, ttft_ms=1000.0) for n in range(10, 20)]
+    await store.insert(recent + earlier)
+    [report] = await SloMonitor(store, EventLog()).report(A)
+    ttft = report["ttft"]
+    assert (ttft["p50_ms_1h"], ttft["p95_ms_1h"]) == (50.0, 100.0)
+    assert (ttft["p50_ms_24h"], ttft["p95_ms_24h"], ttft["samples_24h"]) == (100.0, 1000.0, 20)
+
+
 async def test_a_burning_tenant_gets_one_operator_event_per_episode(
     store: RequestRecordStore,
 ) -> None:

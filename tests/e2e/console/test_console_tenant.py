@@ -109,8 +109,12 @@ async def test_the_overview_charts_the_usage_the_sdk_made(
         await expect(page.locator("#spend-total")).to_have_text(
             f"${float(spend['total_usd']):,.2f}"
         )
-        await expect(page.locator("#latency")).to_contain_text("ms")
+        # TTFT percentiles computed by the server over the day's requests (`/v1/slo`).
+        await expect(page.locator("#latency dd").first).to_have_text(re.compile(r"^\d+ ms$"))
         await expect(page.locator("#latency")).to_contain_text("2000 ms")  # standard SLO
+        await expect(page.locator("#latency-help")).to_have_text(
+            re.compile(r"^Time to first token of [1-9][\d,]* requests in the last 24 h\.$")
+        )
         await tab.screenshot("tenant-overview")
         # ~800 px wide: nothing overflows the viewport.
         await page.set_viewport_size({"width": 800, "height": 900})

@@ -223,13 +223,6 @@ export async function download(path, filename) {
 // A status badge: kind "ok" | "warn" | "bad" | "" (neutral).
 export const badge = (text, kind = "") => h("span", { class: kind ? `badge ${kind}` : "badge" }, text);
 
-// The p-th percentile (0..1, nearest rank) of numbers, or null when there are none.
-export function percentile(values, p) {
-  const sorted = values.filter((v) => typeof v === "number").sort((a, b) => a - b);
-  if (!sorted.length) return null;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))];
-}
-
 export function fmtBytes(n) {
   if (n === null || n === undefined) return "—";
   const units = ["B", "KiB", "MiB", "GiB"];

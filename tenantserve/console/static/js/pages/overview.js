@@ -1,6 +1,6 @@
 // The tenant's overview: tokens per day this month (chart + table), per model and
 // adapter, spend to date, quotas against their limits, TTFT against the tier's SLO.
-import { $, api, chart, fillFacts, fillTable, fmtInt, fmtMs, fmtUsd, h, percentile, startPage } from "../api.js";
+import { $, api, chart, fillFacts, fillTable, fmtInt, fmtMs, fmtUsd, h, startPage } from "../api.js";
 
 const DEFAULT_ALERT_AT = [0.8, 1.0];
 const SERIES = [
@@ -153,29 +153,23 @@ async function showSpend() {
 // --- latency ----------------------------------------------------------------------------
 
 async function showLatency() {
-  const since = new Date(Date.now() - 86_400_000).toISOString();
-  const [slo, recent] = await Promise.all([
-    api("/v1/slo"),
-    api(`/v1/requests?status=completed&limit=500&start=${encodeURIComponent(since)}`),
-  ]);
-  const ttfts = recent.data.map((r) => r.timings?.ttft_ms);
-  const p50 = percentile(ttfts, 0.5);
-  const p95 = percentile(ttfts, 0.95);
-  const target = slo.ttft?.target_p95_ms ?? null;
+  const slo = await api("/v1/slo");
+  const ttft = slo.ttft ?? {};
+  const target = ttft.target_p95_ms ?? null;
   const verdict = (value) => {
-    if (value === null || target === null) return fmtMs(value);
+    if (value === null || value === undefined || target === null) return fmtMs(value ?? null);
     const ok = value <= target;
     return h("span", {}, fmtMs(value), " ", h("span", { class: ok ? "slo-ok" : "slo-bad" }, ok ? "within SLO" : "over SLO"));
   };
   fillFacts($("#latency"), [
-    ["p50, last 24 h", fmtMs(p50)],
-    ["p95, last 24 h", verdict(p95)],
-    ["p95, last hour", verdict(slo.ttft?.p95_ms_1h ?? null)],
+    ["p50, last 24 h", fmtMs(ttft.p50_ms_24h ?? null)],
+    ["p95, last 24 h", verdict(ttft.p95_ms_24h)],
+    ["p95, last hour", verdict(ttft.p95_ms_1h)],
     ["SLO target (p95)", target === null ? "best effort (no target)" : `${fmtMs(target)} · ${slo.tier} tier`],
-    ["Error budget left", slo.ttft ? `${Math.round(slo.ttft.error_budget_remaining * 100)}%` : "—"],
+    ["Error budget left", ttft.error_budget_remaining != null ? `${Math.round(ttft.error_budget_remaining * 100)}%` : "—"],
   ]);
-  const more = recent.has_more ? " (the newest 500)" : "";
-  $("#latency-help").textContent = `Percentiles of ${fmtInt(ttfts.filter((t) => typeof t === "number").length)} completed requests${more}.`;
+  const samples = ttft.samples_24h ?? 0;
+  $("#latency-help").textContent = `Time to first token of ${fmtInt(samples)} requests in the last 24 h` + (samples >= 5000 ? " (the newest 5,000)." : ".");
 }
 
 // --- quotas ---------------------------------------------------------------------------------
