@@ -22,7 +22,8 @@ tenantserve knows no stats (`up: null`). `replicas` is a list because Ray-backed
 serve from several. `hot` lists the adapters in the engine's device slots, most recently
 used first (at most `MAX_HOT_ADAPTERS`), by their opaque ids. The answer holds counts and
 ids only, no tenant's data (the reserved-for ids are configuration), so reads are not
-written to the audit log: a console refreshing it every few seconds would flood it. A missing or wrong token (a tenant's key included) is 401.
+written to the audit log: a console refreshing it every few seconds would flood it. A
+missing or wrong token (a tenant's key included) is 401.
 """
 
 from __future__ import annotations
