@@ -298,6 +298,8 @@ def _engine_backend_from_env(s: Settings, env: Mapping[str, str]) -> Settings:
         r = replace(r, reserved=parse_ray_reserved(v))
     if v := env.get("TENANTSERVE_RAY_DEDICATED"):
         r = replace(r, dedicated=parse_ray_counts(v, "POOL"))
+    if v := env.get("TENANTSERVE_RAY_ADAPTER_DIR"):
+        r = replace(r, adapter_dir=v)
     return replace(s, ray=r)
 
 

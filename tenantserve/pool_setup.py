@@ -5,6 +5,7 @@ monitor."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from tenantserve.config import Settings
@@ -68,12 +69,15 @@ def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
     pool, autoscaled between the configured replica counts, one pool per reserved
     premium tenant that keeps at least its reservation, and the dedicated pools (no
     replica until a tenant is moved onto one)."""
+    from tenantserve.engine_ray.adapter_files import ReplicaFilesConfig
     from tenantserve.engine_ray.client import RayServeEngineClient
     from tenantserve.engine_ray.deploy import RayPoolDeployment
 
     model_dir = resolve_model_dir(settings)
     model = load_served_model(model_dir)
     ray = settings.ray
+    adapter_dir = ray.adapter_dir or str(Path(tempfile.gettempdir()) / "tenantserve-ray-adapters")
+    files = ReplicaFilesConfig(settings.artifacts, str(settings.data_dir), adapter_dir)
     pools = []
     # (name, reserved for, min replicas, max replicas, dedicated)
     specs: list[tuple[str, str | None, int, int, bool]] = [
@@ -99,6 +103,7 @@ def build_ray_pools(settings: Settings, events: EventLog) -> list[EnginePool]:
             max_replicas,
             headroom,
             dedicated=dedicated,
+            files=files,
         )
         pools.append(
             EnginePool(

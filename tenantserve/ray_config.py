@@ -29,6 +29,9 @@ class RayConfig:
     dedicated: tuple[tuple[str, int], ...] = ()  # (pool name, replicas while in use)
     # How long an idle dedicated pool with no tenant left keeps its replicas.
     dedicated_downscale_delay_s: float = 60.0
+    # Where each replica keeps the adapters it pulls from the artifact store (on its own
+    # node); None: `tenantserve-ray-adapters` in the node's temporary directory.
+    adapter_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:

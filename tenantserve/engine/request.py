@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
+from typing import NamedTuple
 
 from tenantserve.errors import InvalidRequestError
 from tenantserve.tiers import Tier
@@ -63,12 +64,31 @@ class SamplingParams:
         return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
+class LoraFile(NamedTuple):
+    """One stored file of an adapter: its path in the adapter, size and sha256."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LoraSource:
+    """Where a node without the adapter's files pulls them: the adapter's artifact in the
+    artifact store, and its files (a copy is checked against them)."""
+
+    artifact_uri: str
+    files: tuple[LoraFile, ...]
+
+
 @dataclass(frozen=True)
 class LoraRef:
-    """A PEFT adapter by id (unique per deployment) and the directory holding its files."""
+    """A PEFT adapter by id (unique per deployment) and the directory holding its files;
+    `source` lets an engine on another node (a Ray replica) pull its own copy."""
 
     adapter_id: str
     path: str
+    source: LoraSource | None = None
 
 
 @dataclass(frozen=True)

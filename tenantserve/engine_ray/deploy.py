@@ -8,11 +8,14 @@ door and calls replicas through deployment handles only.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenantserve.engine.config import EngineConfig
 from tenantserve.errors import ConfigError
 from tenantserve.ray_config import RayConfig
+
+if TYPE_CHECKING:  # imported by the replica, not by the gateway's start-up
+    from tenantserve.engine_ray.adapter_files import ReplicaFilesConfig
 
 RAY_NAMESPACE = "tenantserve"
 
@@ -49,6 +52,8 @@ class RayPoolDeployment:
     # A dedicated pool: autoscaled from zero, its minimum raised to `max_replicas` while
     # tenants are placed on it (`held`).
     dedicated: bool = False
+    # Where replicas pull adapters from (None: they read the gateway's copies by path).
+    files: ReplicaFilesConfig | None = None
 
     def autoscaling_config(self) -> dict[str, Any]:
         """Serve's autoscaling on ongoing requests per replica."""
@@ -100,7 +105,7 @@ class RayPoolDeployment:
         from tenantserve.engine_ray.deployment import engine_deployment
 
         connect_ray(self.ray.address)
-        app = engine_deployment(**self.options()).bind(self.engine)
+        app = engine_deployment(**self.options()).bind(self.engine, self.files)
         return serve.run(app, name=self.name, route_prefix=None)
 
     def delete(self) -> None:

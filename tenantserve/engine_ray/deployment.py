@@ -12,7 +12,9 @@ Adapters are multiplexed with `serve.multiplexed`, at most the engine's active a
 slots (`LoraConfig.max_loras`) per replica, least recently used unloaded first: Serve
 then knows which replica holds which adapter and routes the next request for it there.
 The adapter's weights themselves are loaded (and evicted) by the engine's own
-`AdapterManager`; the multiplexed entry is the replica's claim on it.
+`AdapterManager`; the multiplexed entry is the replica's claim on it. The files come from
+the replica's own disk: an adapter with a `source` is pulled from the artifact store
+first (`adapter_files.py`), so a replica on another node than the gateway serves it too.
 
 A request whose caller goes away is cancelled by Serve; the cancellation closes the
 engine stream, which aborts the request in the engine.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
@@ -31,6 +34,7 @@ from ray.serve import Deployment
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.config import EngineConfig
 from tenantserve.engine.request import EngineRequest, LoraRef
+from tenantserve.engine_ray.adapter_files import ReplicaAdapterFiles, ReplicaFilesConfig
 from tenantserve.engine_ray.messages import Placement, ReplicaOutput, ReplicaStats
 from tenantserve.errors import EngineError, InvalidRequestError
 
@@ -51,8 +55,12 @@ class ResidentAdapter:
 class EngineDeployment:
     """A Serve replica running one built-in engine; `generate` streams `ReplicaOutput`s."""
 
-    async def __init__(self, config: EngineConfig) -> None:  # type: ignore[misc]  # Serve awaits it
+    async def __init__(  # type: ignore[misc]  # Serve awaits it
+        self, config: EngineConfig, files: ReplicaFilesConfig | None = None
+    ) -> None:
         self._engine = AsyncEngineClient(config)
+        # Adapters with a source are pulled to this replica's disk (another node's).
+        self._files = ReplicaAdapterFiles(files) if files is not None else None
         await self._engine.start()
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         # Adapter id -> its files, for the loader; and the adapters multiplexed here.
@@ -74,6 +82,12 @@ class EngineDeployment:
         """The request's outputs; an engine refusal or failure is the last item's `error`."""
         self._num_requests += 1
         was_loaded: bool | None = None
+        if request.lora is not None and self._files is not None:
+            try:
+                request = replace(request, lora=await self._files.localize(request.lora))
+            except EngineError as e:  # its files could not be pulled here
+                yield ReplicaOutput(None, Placement(self._replica_id, False), error=e)
+                return
         if request.lora is not None:
             adapter_id = request.lora.adapter_id
             was_loaded = adapter_id in self._resident

@@ -35,9 +35,10 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from tenantserve.admission.policy import ModelRoute
-from tenantserve.engine.request import LoraRef
+from tenantserve.engine.request import LoraFile, LoraRef, LoraSource
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.errors import InvalidRequestError
 from tenantserve.gateway.errors import ApiError
@@ -206,7 +207,7 @@ class ModelResolver:
             )
         path = await self.adapters.local_dir(adapter)
         route = replace(_route(pool, name, adapter.base_model), adapter_id=adapter.id)
-        return Resolved(route, _tokenizer(pool), LoraRef(adapter.id, str(path)))
+        return Resolved(route, _tokenizer(pool), lora_ref(adapter, path))
 
     async def _version(self, ctx: TenantContext, ref: str) -> Resolved | ApiError | None:
         if self.registry is None:
@@ -255,3 +256,10 @@ def _route(pool: Pool, model_id: str, target: str) -> ModelRoute:
     return ModelRoute(
         model_id=model_id, target=target, pool=pool.name, region=pool.region, max_model_len=max_len
     )
+
+
+def lora_ref(adapter: Adapter, path: Path) -> LoraRef:
+    """The engine's reference to a ready adapter: this node's copy at `path`, and its
+    artifact, from which a replica on another node pulls its own (Ray pools)."""
+    files = tuple(LoraFile(f.path, f.size_bytes, f.sha256) for f in adapter.files)
+    return LoraRef(adapter.id, str(path), LoraSource(adapter.artifact_uri, files))

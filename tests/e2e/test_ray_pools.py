@@ -57,6 +57,7 @@ async def running(
             replica_num_cpus=0.5,
             dedicated=(("gold", 1),),
             dedicated_downscale_delay_s=1.0,
+            adapter_dir=str(tmp_path_factory.mktemp("replica-adapters")),
         ),
         engine_threads=1,
         lora=LoraConfig(max_loras=2),
@@ -145,6 +146,26 @@ async def test_sequential_requests_for_an_adapter_stay_on_the_replica_that_has_i
     first = await run(0)
     await asyncio.sleep(ROUTER_LEARNS_ADAPTERS_S)
     assert [await run(i) for i in range(1, 9)] == [first] * 8
+
+
+async def test_a_replica_pulls_an_adapter_from_the_artifact_store_into_its_own_dir(
+    running: Running, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A replica on another node cannot read the gateway's copy: it serves from its own."""
+    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 3)
+    base = f"{registry_name(running.service.settings)}@1.0.0"
+    up = await running.upload_adapter("store-bot", adapter, base_model=base)
+    assert up.status_code == 201 and up.json()["status"] == "ready", up.text
+    reply = await running.sdk().chat.completions.create(
+        model="store-bot", messages=HELLO, max_tokens=3
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 3
+    adapter_dir = running.service.settings.ray.adapter_dir
+    assert adapter_dir is not None
+    copy = Path(adapter_dir) / "local" / "ray" / up.json()["id"]
+    assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in adapter.iterdir())
+    for p in adapter.iterdir():
+        assert (copy / p.name).read_bytes() == p.read_bytes()
 
 
 async def test_a_killed_replica_fails_in_flight_requests_cleanly_and_is_replaced(

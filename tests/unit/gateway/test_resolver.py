@@ -7,11 +7,13 @@ from typing import Any, cast
 
 import pytest
 
+from tenantserve.engine.request import LoraFile, LoraSource
 from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.gateway.catalog import ServedModel
 from tenantserve.gateway.pools import EnginePool
 from tenantserve.gateway.resolver import ModelResolver
 from tenantserve.registry.adapter_service import AdapterService
+from tenantserve.registry.model import ArtifactFile
 from tenantserve.tenancy.model import Region, TenantContext
 from tenantserve.tiers import Tier
 
@@ -22,6 +24,8 @@ BASE = "tiny@1.0.0"
 class _Adapter:
     def __init__(self, name: str) -> None:
         self.id, self.name, self.base_model = f"ad_{name}", name, BASE
+        self.artifact_uri = f"file:///artifacts/adapters/ten_a/{name}/0123"
+        self.files = (ArtifactFile("adapter_config.json", 12, "a" * 64),)
 
 
 class _Adapters:
@@ -58,6 +62,11 @@ async def test_an_adapter_routes_to_its_base_versions_pool_with_its_files() -> N
         "ad_bot",
     )
     assert found.lora.path == "/adapters/ad_bot"
+    # What a Ray replica on another node pulls its own copy from.
+    assert found.lora.source == LoraSource(
+        "file:///artifacts/adapters/ten_a/bot/0123",
+        (LoraFile("adapter_config.json", 12, "a" * 64),),
+    )
 
 
 async def test_lookups_are_cached_and_a_stale_entry_is_answered_while_it_refreshes() -> None:
