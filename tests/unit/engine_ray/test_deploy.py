@@ -27,6 +27,7 @@ def test_ray_backend_and_its_settings_come_from_the_environment() -> None:
             "TENANTSERVE_RAY_TARGET_ONGOING_REQUESTS": "2.5",
             "TENANTSERVE_RAY_RESERVED": "ten_a=2, ten_b=1",
             "TENANTSERVE_RAY_DEDICATED": "gold=2",
+            "TENANTSERVE_RAY_ADAPTER_DIR": "/var/lib/tenantserve/adapters",
         }
     )
     assert s.engine_backend == "ray"
@@ -37,6 +38,7 @@ def test_ray_backend_and_its_settings_come_from_the_environment() -> None:
         target_ongoing_requests=2.5,
         reserved=(("ten_a", 2), ("ten_b", 1)),
         dedicated=(("gold", 2),),
+        adapter_dir="/var/lib/tenantserve/adapters",
     )
     assert Settings.from_env({}).engine_backend == "process"
 
@@ -93,16 +95,22 @@ def test_reserved_pools_keep_their_reservation_and_dedicated_ones_start_empty(
     pools = build_pools(settings, EventLog())
     assert [p.name for p in pools] == ["shared", "reserved-ten_a", "gold"]
     bounds = {}
+    files = set()
     for pool in pools:
         assert isinstance(pool, EnginePool) and isinstance(pool.engine, RayServeEngineClient)
         deployment = pool.engine.deployment
         bounds[pool.name] = (deployment.min_replicas, deployment.max_replicas, pool.dedicated)
+        files.add(deployment.files)
     assert bounds == {
         "shared": (1, 2, False),
         "reserved-ten_a": (3, 3, False),
         "gold": (0, 2, True),
     }
     assert [p.reserved_for for p in pools] == [frozenset(), {"ten_a"}, frozenset()]
+    # Every replica can pull adapters from the gateway's artifact store into its own dir.
+    [only] = files
+    assert only is not None and only.artifacts == settings.artifacts
+    assert only.data_dir == str(tmp_path) and only.adapter_dir.endswith("tenantserve-ray-adapters")
 
 
 def test_a_dedicated_pool_autoscales_from_zero_and_is_held_at_its_replicas_in_use() -> None:
