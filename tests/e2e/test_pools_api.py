@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-from tenantserve.bootstrap import registry_name
-from tests.helpers.lora import write_random_adapter
 from tests.helpers.server import Running
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -53,17 +51,14 @@ async def test_the_engine_pool_reports_its_replica_after_traffic(running: Runnin
 async def test_an_adapter_in_use_is_listed_hot_on_its_replica(
     running: Running, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 2)
-    base = f"{registry_name(running.service.settings)}@1.0.0"
-    up = await running.upload_adapter("pools-bot", adapter, base_model=base)
-    assert up.status_code == 201 and up.json()["status"] == "ready", up.text
+    adapter, _ = await running.ready_adapter("pools-bot", tiny_model_dir, tmp_path, seed=2)
     await running.sdk().chat.completions.create(
         model="pools-bot", messages=[{"role": "user", "content": "hi"}], max_tokens=2
     )
     [pool] = await _pools(running)
     [replica] = pool["replicas"]
     assert replica["adapters"]["active"] >= 1
-    assert up.json()["id"] in replica["adapters"]["hot"]
+    assert adapter["id"] in replica["adapters"]["hot"]
 
 
 @pytest.mark.parametrize("credential", ["", "tsadm-wrong", "acme-key"])

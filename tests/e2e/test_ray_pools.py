@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from openai.types.chat import ChatCompletionMessageParam
 
-from tenantserve.bootstrap import open_tenancy, registry_name
+from tenantserve.bootstrap import open_tenancy
 from tenantserve.engine.config import LoraConfig
 from tenantserve.engine.request import EngineRequest, LoraRef, SamplingParams
 from tenantserve.engine_ray.client import RayServeEngineClient
@@ -152,17 +152,14 @@ async def test_a_replica_pulls_an_adapter_from_the_artifact_store_into_its_own_d
     running: Running, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """A replica on another node cannot read the gateway's copy: it serves from its own."""
-    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 3)
-    base = f"{registry_name(running.service.settings)}@1.0.0"
-    up = await running.upload_adapter("store-bot", adapter, base_model=base)
-    assert up.status_code == 201 and up.json()["status"] == "ready", up.text
+    stored, adapter = await running.ready_adapter("store-bot", tiny_model_dir, tmp_path, 3)
     reply = await running.sdk().chat.completions.create(
         model="store-bot", messages=HELLO, max_tokens=3
     )
     assert reply.usage is not None and reply.usage.completion_tokens == 3
     adapter_dir = running.service.settings.ray.adapter_dir
     assert adapter_dir is not None
-    copy = Path(adapter_dir) / "local" / "ray" / up.json()["id"]
+    copy = Path(adapter_dir) / "local" / "ray" / stored["id"]
     pulled = sorted(p.name for p in copy.iterdir())
     assert pulled == ["adapter_config.json", "adapter_model.safetensors"]  # what was stored
     for name in pulled:
@@ -214,10 +211,7 @@ async def test_a_tenant_moved_to_a_dedicated_pool_brings_its_replicas_up_then_le
     running: Running, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     vip = await add_tenant(running.tenancy, "ray-vip", tier="premium")
-    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 2)
-    base = f"{registry_name(running.service.settings)}@1.0.0"
-    up = await running.upload_adapter("vip-bot", adapter, base_model=base, key=vip.key)
-    assert up.status_code == 201 and up.json()["status"] == "ready", up.text
+    await running.ready_adapter("vip-bot", tiny_model_dir, tmp_path, 2, key=vip.key)
     assert _running_replicas("gold") == 0  # declared, holding nothing
     client = running.sdk(vip.key)
     served, failures = 0, list[Exception]()

@@ -16,7 +16,7 @@ import openai
 import pytest
 import uvicorn
 
-from tenantserve.bootstrap import Service, build_service
+from tenantserve.bootstrap import Service, build_service, registry_name
 from tenantserve.config import AuthConfig, JwtConfig, Settings
 from tenantserve.engine.client import AsyncEngineClient
 from tenantserve.engine.config import CacheConfig
@@ -123,6 +123,19 @@ class Running:
         data = {"name": name} | ({"base_model": base_model} if base_model else {})
         async with self.http(key=key, timeout=300) as http:
             return await http.post("/v1/adapters", data=data, files=files)
+
+    async def ready_adapter(
+        self, name: str, model_dir: Path, work_dir: Path, seed: int = 1, key: str | None = None
+    ) -> tuple[dict[str, Any], Path]:
+        """A small random adapter (rank 4, q/v) of the served base version, written below
+        `work_dir` and uploaded (acme unless `key`): its JSON once ready, and its files."""
+        from tests.helpers.lora import write_random_adapter  # imports peft and transformers
+
+        files = write_random_adapter(model_dir, work_dir / name, 4, ["q_proj", "v_proj"], seed)
+        base = f"{registry_name(self.service.settings)}@1.0.0"
+        up = await self.upload_adapter(name, files, base_model=base, key=key)
+        assert up.status_code == 201 and up.json()["status"] == "ready", up.text
+        return up.json(), files
 
     def admin(self, token: str = ADMIN_TOKEN) -> httpx.AsyncClient:
         return httpx.AsyncClient(

@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Dialog, expect
 
-from tenantserve.bootstrap import registry_name
 from tests.helpers.browser import console_page
-from tests.helpers.lora import write_random_adapter
 from tests.helpers.server import ADMIN_TOKEN, Running
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -128,10 +126,7 @@ async def test_a_tenant_created_and_suspended_in_the_console_is_refused_by_the_a
 async def test_the_pools_page_shows_the_engine_replica_and_its_hot_adapters(
     running: Running, browser: Browser, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    adapter = write_random_adapter(tiny_model_dir, tmp_path / "a", 4, ["q_proj", "v_proj"], 2)
-    base = f"{registry_name(running.service.settings)}@1.0.0"
-    up = await running.upload_adapter("pools-bot", adapter, base_model=base)
-    assert up.status_code == 201 and up.json()["status"] == "ready", up.text
+    adapter, _ = await running.ready_adapter("pools-bot", tiny_model_dir, tmp_path, seed=2)
     for model in (running.model, "pools-bot"):
         await running.sdk().chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4
@@ -150,7 +145,7 @@ async def test_the_pools_page_shows_the_engine_replica_and_its_hot_adapters(
         await expect(replica).to_contain_text("blocks")
         await expect(replica).to_contain_text("hot")
         hot = replica.get_by_role("list", name="Hot adapters")
-        await expect(hot).to_contain_text(up.json()["id"])
+        await expect(hot).to_contain_text(adapter["id"])
         await tab.page.get_by_role("button", name="Refresh").click()
         await expect(tab.page.locator("#updated")).to_contain_text("Updated")
         await tab.screenshot("admin-pools")
