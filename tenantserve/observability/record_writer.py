@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from tenantserve.config import RequestRecordsConfig
 from tenantserve.gateway.request_log import RequestRecord
+from tenantserve.observability.config import RequestRecordsConfig
 from tenantserve.observability.record_store import RequestRecordStore
 
 logger = logging.getLogger(__name__)

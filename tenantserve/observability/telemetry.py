@@ -32,10 +32,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tenantserve.config import ObservabilityConfig
 from tenantserve.gateway.auth import check_admin
 from tenantserve.gateway.errors import ApiError
 from tenantserve.gateway.pools import Pool
+from tenantserve.observability.config import ObservabilityConfig
 from tenantserve.observability.context import current_request
 from tenantserve.observability.engine_metrics import PoolCollector
 from tenantserve.observability.metrics import GatewayMetrics, TenantLabeler

@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 
 from tenantserve.bootstrap import open_tenancy
-from tenantserve.config import ObservabilityConfig
+from tenantserve.observability.config import ObservabilityConfig
 from tenantserve.tenancy.keys import parse_key
 from tests.helpers.server import (
     ADMIN_TOKEN,

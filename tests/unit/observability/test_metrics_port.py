@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from tenantserve.config import ObservabilityConfig
 from tenantserve.engine.request import EngineRequest, RequestOutput
 from tenantserve.gateway.app import EnginePool, ServedModel
 from tenantserve.gateway.catalog import SHARED_POOL
+from tenantserve.observability.config import ObservabilityConfig
 from tenantserve.observability.telemetry import Telemetry
 
 

@@ -9,7 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tenantserve.config import ObservabilityConfig, Settings
+from tenantserve.config import Settings
+from tenantserve.observability.config import ObservabilityConfig
 from tenantserve.observability.telemetry import Telemetry
 
 WORKER = textwrap.dedent(

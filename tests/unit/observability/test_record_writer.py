@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import pytest
 
-from tenantserve.config import RequestRecordsConfig
 from tenantserve.gateway.request_log import RequestRecord, rejected_record
+from tenantserve.observability.config import RequestRecordsConfig
 from tenantserve.observability.record_store import RequestRecordStore
 from tenantserve.observability.record_writer import TRUNCATED, RecordWriter
 

@@ -12,7 +12,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tenantserve.admission import LocalRateLimiter
 from tenantserve.bootstrap import open_tenancy
-from tenantserve.config import ObservabilityConfig
 from tenantserve.engine.request import (
     EngineRequest,
     FinishReason,
@@ -23,6 +22,7 @@ from tenantserve.engine.tokenizer import Tokenizer
 from tenantserve.gateway.app import EnginePool, Gateway, ServedModel, create_app
 from tenantserve.gateway.catalog import SHARED_POOL
 from tenantserve.metering.events import UsageEvent
+from tenantserve.observability.config import ObservabilityConfig
 from tenantserve.observability.telemetry import Telemetry
 from tenantserve.observability.tracing import RequestTracer
 from tests.helpers.server import ADMIN_TOKEN, add_tenant, server_settings
