@@ -5,7 +5,7 @@
     page(...)              a tenant's (or everyone's) records, newest first, with a cursor
     delete_before(t)       retention
     window_counts(since)   per (tenant, tier) counts the SLO evaluator reads
-    ttft_samples(...)      the newest TTFTs of a tenant (its p95)
+    ttft_samples(...)      the newest TTFTs of a tenant, with their start times
 
 Records come back as the JSON of the API (`record_json`); content fields only when stored.
 """
@@ -253,13 +253,17 @@ class RequestRecordStore:
             for r in rows
         ]
 
-    async def ttft_samples(self, tenant_id: str, since: datetime, limit: int = 5000) -> list[float]:
-        """The TTFTs (ms) of the tenant's newest `limit` timed records since `since`."""
+    async def ttft_samples(
+        self, tenant_id: str, since: datetime, limit: int = 5000
+    ) -> list[tuple[datetime, float]]:
+        """The start times and TTFTs (ms) of the tenant's newest `limit` timed records
+        since `since`, newest first."""
         query = (
-            select(t.c.ttft_ms)
+            select(t.c.started_at, t.c.ttft_ms)
             .where(t.c.tenant_id == tenant_id, t.c.started_at >= since, t.c.ttft_ms.is_not(None))
             .order_by(t.c.started_at.desc())
             .limit(limit)
         )
         async with self.engine.connect() as conn:
-            return [float(v) for v in (await conn.execute(query)).scalars()]
+            rows = (await conn.execute(query)).all()
+        return [(row.started_at, float(row.ttft_ms)) for row in rows]

@@ -105,9 +105,10 @@ class SloMonitor:
         """The tenant's TTFT p50/p95 over the last hour and the last day."""
         hour = datetime.fromtimestamp(now - HOUR_1.seconds, UTC)
         day = datetime.fromtimestamp(now - DAY_S, UTC)
-        last_hour = await self.store.ttft_samples(tenant_id, hour, MAX_TTFT_SAMPLES)
+        # One read: the hour's newest samples are the day's newest ones.
         last_day = await self.store.ttft_samples(tenant_id, day, MAX_TTFT_SAMPLES)
-        return TtftQuantiles.of(last_hour, last_day)
+        last_hour = [ttft for at, ttft in last_day if at >= hour]
+        return TtftQuantiles.of(last_hour, [ttft for _, ttft in last_day])
 
     async def report(self, tenant_id: str | None = None) -> list[dict[str, Any]]:
         """JSON of `evaluate` with the TTFT percentiles and each tenant's related events."""
