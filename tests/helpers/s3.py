@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 
 from tenantserve.config import ArtifactStoreConfig
+from tests.helpers.services import free_port
 
 ACCESS_KEY_ID = "testing-key-id"
 SECRET_ACCESS_KEY = "testing-secret"
@@ -50,16 +51,10 @@ class S3Server:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def moto_server() -> Iterator[S3Server]:
     """Start moto_server on 127.0.0.1:<free port>; RuntimeError when it does not come up."""
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID}

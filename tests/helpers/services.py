@@ -36,3 +36,10 @@ POSTGRES_URL = os.environ.get(
     "TENANTSERVE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
 NATS_URL = os.environ.get("TENANTSERVE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

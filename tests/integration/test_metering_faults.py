@@ -11,7 +11,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -32,7 +31,7 @@ from tenantserve.metering.stream import UsageStream
 from tenantserve.storage.database import create_engine
 from tenantserve.storage.migrations import migrate
 from tests.helpers.databases import drop_postgres_database, fresh_postgres_database
-from tests.helpers.services import NATS_URL, require_service
+from tests.helpers.services import NATS_URL, free_port, require_service
 from tests.helpers.usage import usage_event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -298,7 +297,7 @@ async def test_the_aggregator_waits_for_a_database_that_comes_up_after_it(
     dropped during its migration): it retries until it can, then counts every event."""
     shipper, aggregator, outbox, store = pipeline
     real = urlsplit(postgres_url)
-    port = _free_port()
+    port = free_port()
     aggregator.env["TENANTSERVE_DATABASE_URL"] = real._replace(
         netloc=real.netloc.replace(f":{real.port}", f":{port}")
     ).geturl()
@@ -319,13 +318,6 @@ async def test_the_aggregator_waits_for_a_database_that_comes_up_after_it(
         assert await shipper.stop() == 0
         assert await aggregator.stop() == 0
     await _assert_exactly_once(store, producer.produced)
-
-
-def _free_port() -> int:
-    """A local TCP port nothing listens on (yet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from tenantserve.admission.quotas import (
     check_quotas,
     period_end,
 )
-from tests.helpers.services import REDIS_URL, require_service
+from tests.helpers.services import REDIS_URL, free_port, require_service
 
 # The last hour of a month (the keys expire an hour after their period, by the Redis
 # server's clock): the current month's, so they are still alive when the test reads them.
@@ -133,16 +132,10 @@ async def test_recorded_usage_makes_a_hard_quota_refuse(ledger: RedisQuotaLedger
     assert isinstance(refused, QuotaExceeded) and refused.used == 3
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_an_unreachable_redis_reads_as_unused_and_drops_records(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ledger = RedisQuotaLedger.from_url(f"redis://127.0.0.1:{_closed_port()}/0", timeout_s=0.2)
+    ledger = RedisQuotaLedger.from_url(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
     try:
         with caplog.at_level(logging.WARNING):
             await ledger.record("ten_a", prompt_tokens=1, completion_tokens=1, now=NOW)

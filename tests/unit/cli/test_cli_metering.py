@@ -5,7 +5,6 @@ up ends the command with exit 1 and a message that says what to check."""
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -16,13 +15,7 @@ from typer.testing import CliRunner
 from tenantserve.cli.main import app
 from tenantserve.cli.metering import start_with_retries
 from tenantserve.errors import InvalidRequestError
-
-
-def _closed_port() -> int:
-    """A local TCP port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers.services import free_port
 
 
 async def test_a_start_that_fails_twice_is_retried_until_it_succeeds(
@@ -73,7 +66,7 @@ async def test_a_dependency_that_never_comes_up_fails_after_the_timeout(
 
 
 def test_the_shipper_command_exits_1_when_nats_never_answers(tmp_path: Path) -> None:
-    url = f"nats://127.0.0.1:{_closed_port()}"
+    url = f"nats://127.0.0.1:{free_port()}"
     args = ["metering", "ship", "--data-dir", str(tmp_path), "--nats-url", url]
     result = CliRunner().invoke(app, [*args, "--start-timeout-s", "1"])
     assert result.exit_code == 1
